@@ -1,0 +1,163 @@
+"""The PyTorch frontend: a drop-in for ``torch.nn.functional.ctc_loss`` and ``torch.nn.CTCLoss``.
+
+The loss is the operator ``ctckit::ctc_loss`` (a ``torch.library.custom_op`` with a
+shape-only fake and an autograd formula), so it works under ``torch.compile``.
+Its forward computes the per-item losses and, when ``log_probs`` requires grad, the
+per-item gradient in the same pass; the backward only scales that gradient by the
+upstream one.
+"""
+
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import _core
+from ._inputs import as_index_array, check_blank, check_gradient, check_reduction, check_shapes, check_values
+
+__all__ = ["ctc_loss", "CTCLoss"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+@torch.library.custom_op("ctckit::ctc_loss", mutates_args=())
+def _ctc_loss_op(
+    log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
+    blank: int, torch_grad: bool, need_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """Per-item losses (float64, (N,)) and, if ``need_grad``, their gradients (T, N, C)
+    (an empty tensor otherwise). ``log_probs`` is (T, N, C) float32/float64 on the CPU."""
+    shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
+    batch = check_values(shapes, targets.numpy(), input_lengths.numpy(), target_lengths.numpy(), blank)
+    nll, grad = _core.negative_log_likelihood(
+        log_probs.detach().numpy(), batch, blank, want_grad=need_grad, torch_grad=torch_grad
+    )
+    grad = torch.from_numpy(grad) if need_grad else log_probs.new_empty(0)
+    return torch.from_numpy(nll), grad
+
+
+@_ctc_loss_op.register_fake
+def _ctc_loss_fake(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad):
+    shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
+    nll = log_probs.new_empty((shapes.batch,), dtype=torch.float64)
+    grad = log_probs.new_empty(log_probs.shape if need_grad else (0,))
+    return nll, grad
+
+
+def _setup_context(ctx, inputs, output):
+    log_probs, need_grad = inputs[0], inputs[-1]
+    ctx.need_grad = need_grad
+    ctx.save_for_backward(output[1], log_probs)
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity on the saved gradient that refuses to be differentiated w.r.t. log_probs."""
+
+    @staticmethod
+    def forward(ctx, grad, log_probs):
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError(
+            "ctckit's ctc_loss does not support double backward (a gradient of its gradient "
+            "w.r.t. log_probs)"
+        )
+
+
+def _backward(ctx, grad_nll, _grad_of_grad):
+    grad, log_probs = ctx.saved_tensors
+    if not ctx.need_grad:
+        raise RuntimeError("ctckit::ctc_loss was called with need_grad=False; call ctckit.torch.ctc_loss instead")
+    if torch.is_grad_enabled() and log_probs.requires_grad:
+        grad = _NoDoubleBackward.apply(grad, log_probs)
+    return grad * grad_nll.to(grad.dtype)[None, :, None], None, None, None, None, None, None
+
+
+_ctc_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _as_index_tensor(value, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"{name} must have an integer dtype (int32 or int64), got {value.dtype}")
+        if value.device.type != "cpu":
+            raise ValueError(f"{name} is on device '{value.device}'; ctckit computes on the CPU (pass CPU tensors)")
+        return value
+    return torch.from_numpy(np.ascontiguousarray(as_index_array(value, name)))
+
+
+def ctc_loss(
+    log_probs: Tensor, targets, input_lengths, target_lengths,
+    blank: int = 0, reduction: str = "mean", zero_infinity: bool = False, *, gradient: str = "exact",
+) -> Tensor:
+    r"""The CTC loss, as ``torch.nn.functional.ctc_loss``, exact and fast.
+
+    Args:
+        log_probs: (T, N, C) or unbatched (T, C) log-probabilities, float16, bfloat16,
+            float32 or float64 (half types are computed in float32).
+        targets: padded (N, S), concatenated (sum(target_lengths),) or unbatched (S,)
+            integer tensor (or list); labels in [0, C), never ``blank``.
+        input_lengths, target_lengths: (N,) integer tensors, lists or tuples; 0-d or
+            ints when unbatched.
+        blank, reduction, zero_infinity: as in torch.
+        gradient: ``"exact"`` (default): the true derivative w.r.t. ``log_probs``, minus the
+            posterior occupation of each class. ``"torch"``: torch's convention, which adds
+            ``exp(log_probs)`` (the two give the same gradient through a log_softmax).
+
+    .. math:: \mathrm{loss}_n = -\log \sum_{\pi \in \mathcal{B}^{-1}(l_n)} \prod_{t < T_n} y^t_{\pi_t}
+    """
+    if not isinstance(log_probs, Tensor):
+        raise TypeError(f"log_probs must be a torch.Tensor, got {type(log_probs).__name__}")
+    if not log_probs.dtype.is_floating_point:
+        raise TypeError(f"log_probs must be a floating-point tensor, got {log_probs.dtype}")
+    if log_probs.device.type != "cpu":
+        raise ValueError(f"log_probs is on device '{log_probs.device}'; ctckit computes on the CPU (pass CPU tensors)")
+    torch_grad = check_gradient(gradient)
+    blank = check_blank(blank)
+    check_reduction(reduction)
+    targets = _as_index_tensor(targets, "targets")
+    input_lengths = _as_index_tensor(input_lengths, "input_lengths")
+    target_lengths = _as_index_tensor(target_lengths, "target_lengths")
+    shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
+
+    out_dtype = log_probs.dtype
+    if torch.is_autocast_enabled("cpu") and out_dtype in (torch.float16, torch.bfloat16):
+        out_dtype = torch.float32  # autocast runs torch's ctc_loss in float32 as well
+    compute = log_probs if log_probs.dtype in _KERNEL_DTYPES else log_probs.float()
+    if not shapes.batched:
+        compute, targets = compute.unsqueeze(1), targets.reshape(1, -1)
+        input_lengths, target_lengths = input_lengths.reshape(1), target_lengths.reshape(1)
+    need_grad = torch.is_grad_enabled() and compute.requires_grad
+    nll, _ = _ctc_loss_op(compute, targets, input_lengths, target_lengths, blank, torch_grad, need_grad)
+
+    if zero_infinity:
+        nll = torch.where(nll == float("inf"), torch.zeros_like(nll), nll)
+    if reduction == "none":
+        return (nll if shapes.batched else nll[0]).to(out_dtype)
+    if reduction == "mean":
+        weights = 1.0 / (target_lengths.clamp_min(1).to(torch.float64) * shapes.batch)
+        return (nll * weights).sum().to(out_dtype)
+    return nll.sum().to(out_dtype)
+
+
+class CTCLoss(torch.nn.Module):
+    """``torch.nn.CTCLoss`` on ctckit's core: ``CTCLoss(blank, reduction, zero_infinity)``
+    called as ``(log_probs, targets, input_lengths, target_lengths)``."""
+
+    def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False, *, gradient: str = "exact"):
+        super().__init__()
+        self.blank = check_blank(blank)
+        self.reduction = check_reduction(reduction)
+        self.zero_infinity = bool(zero_infinity)
+        check_gradient(gradient)
+        self.gradient = gradient
+
+    def forward(self, log_probs: Tensor, targets, input_lengths, target_lengths) -> Tensor:
+        return ctc_loss(
+            log_probs, targets, input_lengths, target_lengths,
+            self.blank, self.reduction, self.zero_infinity, gradient=self.gradient,
+        )
+
+    def extra_repr(self) -> str:
+        return f"blank={self.blank}, reduction={self.reduction!r}, zero_infinity={self.zero_infinity}, gradient={self.gradient!r}"
