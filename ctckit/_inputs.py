@@ -73,12 +73,12 @@ def as_index_array(value, name: str) -> np.ndarray:
     if isinstance(value, (int, np.integer)):
         return np.asarray(value, dtype=np.int64)
     if isinstance(value, (list, tuple)):
-        if len(value) == 0:
-            return np.zeros(0, dtype=np.int64)
-        for item in value:
-            if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
-                raise TypeError(f"{name} must hold integers, got an element of type {type(item).__name__}: {item!r}")
-        return np.asarray(value, dtype=np.int64)
+        array = np.asarray(value)
+        if array.size == 0:
+            return np.zeros(array.shape, dtype=np.int64)
+        if array.dtype.kind not in "iu" or any(isinstance(x, (bool, np.bool_)) for x in np.asarray(value, dtype=object).flat):
+            raise TypeError(f"{name} must hold integers, got a sequence of {array.dtype}: {value!r:.60}")
+        return array
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "iu":
             raise TypeError(f"{name} must have an integer dtype (int32 or int64), got {value.dtype}")
@@ -157,8 +157,8 @@ def check_values(shapes: Shapes, targets: np.ndarray, input_lengths, target_leng
             where = f"targets[{n}, {k}]" if shapes.padded and shapes.batched else f"targets[{offsets[n] + k}]"
             item = f" (batch index {n})" if shapes.batched else ""
             value = int(values[n, k])
-            why = "equals blank" if value == blank else f"is outside [0, C) = [0, {shapes.classes})"
-            raise CTCInputError(f"{where}{item} = {value} {why}; targets cannot be blank")
+            why = f"equals blank ({blank}); targets cannot be blank" if value == blank else f"is outside [0, C) = [0, {shapes.classes})"
+            raise CTCInputError(f"{where}{item} = {value} {why}")
     return Batch(flat, offsets, input_lengths, target_lengths)
 
 
