@@ -1,0 +1,62 @@
+"""The ``ctckit`` command: ``ctckit example`` (the built-in example)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _example(args) -> int:
+    """The example of torch's ``ctc_loss`` documentation, on ctckit, checked against torch."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    import ctckit.numpy as cn
+    import ctckit.torch as ct
+
+    torch.manual_seed(args.seed)
+    T, N, C, S, S_min = 50, 16, 20, 30, 10
+    log_probs = torch.randn(T, N, C).log_softmax(2).detach().requires_grad_()
+    targets = torch.randint(1, C, (N, S), dtype=torch.long)
+    input_lengths = torch.full((N,), T, dtype=torch.long)
+    target_lengths = torch.randint(S_min, S, (N,), dtype=torch.long)
+
+    start = time.perf_counter()
+    loss = ct.ctc_loss(log_probs, targets, input_lengths, target_lengths)
+    loss.backward()
+    first_call = time.perf_counter() - start
+    ours_grad = log_probs.grad.clone()
+    log_probs.grad = None
+    reference = F.ctc_loss(log_probs, targets, input_lengths, target_lengths)
+    reference.backward()
+
+    exact, _ = cn.ctc_loss_and_grad(log_probs.detach().double().numpy(), targets.numpy(), input_lengths.numpy(), target_lengths.numpy())
+    nonzero = int((ours_grad != 0).sum())
+    print(f"CTC loss on a (T, N, C) = ({T}, {N}, {C}) batch, targets padded to S = {S}")
+    print(f"  ctckit (float32)           {loss.item():.7f}   first call incl. compile/cache load: {first_call:.2f} s")
+    print(f"  torch  (float32)           {reference.item():.7f}")
+    print(f"  ctckit (float64 reference) {float(exact):.7f}")
+    print(f"  exact gradient: {nonzero} of {ours_grad.numel()} entries nonzero (the blank and each target's labels)")
+    torch_convention = log_probs.detach().clone().requires_grad_()
+    ct.ctc_loss(torch_convention, targets, input_lengths, target_lengths, gradient="torch").backward()
+    print(f"  gradient='torch' vs torch's own gradient: max difference "
+          f"{(torch_convention.grad - log_probs.grad).abs().max().item():.1e}")
+    ok = abs(loss.item() - float(exact)) <= 1e-5 * abs(float(exact)) and np.isfinite(loss.item())
+    print("OK" if ok else "MISMATCH")
+    return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="ctckit", description="ctckit: exact, fast CTC for PyTorch and NumPy")
+    commands = parser.add_subparsers(dest="command", required=True)
+    example = commands.add_parser("example", help="the CTC loss on torch's documentation example, checked against torch")
+    example.add_argument("--seed", type=int, default=0)
+    example.set_defaults(run=_example)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
