@@ -31,17 +31,17 @@ def _losses_and_grad(log_probs, targets, input_lengths, target_lengths, blank, r
     array, out_dtype = _as_log_probs(log_probs)
     shapes, batch = prepare(array.shape, targets, input_lengths, target_lengths, blank, reduction)
     batched_view = array if shapes.batched else array[:, None, :]
-    nll, grad = _core.negative_log_likelihood(batched_view, batch, int(blank), want_grad=want_grad, torch_grad=torch_grad)
+    weights = reduction_weights(batch.target_lengths, reduction)
+    nll, grad = _core.negative_log_likelihood(batched_view, batch, int(blank), grad="dense" if want_grad else "none",
+                                              torch_grad=torch_grad, scale=weights)
     if zero_infinity:
         nll[nll == np.inf] = 0.0
-    weights = reduction_weights(batch.target_lengths, reduction)
     if reduction == "none":
         loss = nll if shapes.batched else nll.reshape(())
     else:
         loss = np.asarray(np.dot(weights, nll))
     loss = loss.astype(out_dtype)
     if grad is not None:
-        grad = grad * weights.astype(grad.dtype)[None, :, None]
         grad = (grad if shapes.batched else grad[:, 0, :]).astype(out_dtype, copy=False)
     return loss, grad
 

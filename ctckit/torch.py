@@ -20,38 +20,71 @@ __all__ = ["ctc_loss", "CTCLoss"]
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
+def _batch(log_probs, targets, input_lengths, target_lengths, blank):
+    shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
+    return shapes, check_values(shapes, targets.numpy(), input_lengths.numpy(), target_lengths.numpy(), blank)
+
+
+def _saved_kind(log_probs_shape, num_targets, torch_grad, need_grad):
+    """What the forward keeps for the backward: nothing, compact posteriors, or the dense gradient."""
+    if not need_grad:
+        return "none"
+    _, batch, classes = log_probs_shape
+    return "compact" if not torch_grad and _core.compact_is_smaller(num_targets, batch, classes) else "dense"
+
+
 @torch.library.custom_op("ctckit::ctc_loss", mutates_args=())
 def _ctc_loss_op(
     log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
     blank: int, torch_grad: bool, need_grad: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Per-item losses (float64, (N,)) and, if ``need_grad``, their gradients (T, N, C)
-    (an empty tensor otherwise). ``log_probs`` is (T, N, C) float32/float64 on the CPU."""
-    shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
-    batch = check_values(shapes, targets.numpy(), input_lengths.numpy(), target_lengths.numpy(), blank)
-    nll, grad = _core.negative_log_likelihood(
-        log_probs.detach().numpy(), batch, blank, want_grad=need_grad, torch_grad=torch_grad
-    )
-    grad = torch.from_numpy(grad) if need_grad else log_probs.new_empty(0)
-    return torch.from_numpy(nll), grad
+    """Per-item losses (float64, (N,)) and what the backward needs: if ``need_grad``, the
+    per-item gradients (T, N, C), or the compact posteriors (T, len(targets) + N) when they
+    are smaller; an empty tensor otherwise. ``log_probs``: (T, N, C) float32/float64, CPU."""
+    _, batch = _batch(log_probs, targets, input_lengths, target_lengths, blank)
+    kind = _saved_kind(log_probs.shape, targets.numel(), torch_grad, need_grad)
+    nll, saved = _core.negative_log_likelihood(log_probs.detach().numpy(), batch, blank, grad=kind, torch_grad=torch_grad)
+    return torch.from_numpy(nll), (log_probs.new_empty(0) if saved is None else torch.from_numpy(saved))
 
 
 @_ctc_loss_op.register_fake
 def _ctc_loss_fake(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad):
     shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
     nll = log_probs.new_empty((shapes.batch,), dtype=torch.float64)
-    grad = log_probs.new_empty(log_probs.shape if need_grad else (0,))
-    return nll, grad
+    kind = _saved_kind(log_probs.shape, targets.numel(), torch_grad, need_grad)
+    if kind == "none":
+        return nll, log_probs.new_empty(0)
+    if kind == "dense":
+        return nll, log_probs.new_empty(log_probs.shape)
+    return nll, log_probs.new_empty(_core.compact_shape(shapes.frames, targets.numel(), shapes.batch))
+
+
+@torch.library.custom_op("ctckit::ctc_loss_scatter_grad", mutates_args=())
+def _scatter_grad_op(
+    posteriors: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
+    scale: Tensor, blank: int, classes: int,
+) -> Tensor:
+    """The dense gradient (T, N, C) of ``sum_n scale[n] * loss_n`` from compact posteriors."""
+    frames = posteriors.shape[0]
+    shape = (frames, input_lengths.shape[0], classes)
+    _, batch = _batch(posteriors.new_empty(shape), targets, input_lengths, target_lengths, blank)
+    scale = scale.detach().to(torch.float64).numpy()
+    return torch.from_numpy(_core.scatter_gradient(posteriors.numpy(), batch, blank, scale, classes))
+
+
+@_scatter_grad_op.register_fake
+def _scatter_grad_fake(posteriors, targets, input_lengths, target_lengths, scale, blank, classes):
+    return posteriors.new_empty((posteriors.shape[0], input_lengths.shape[0], classes))
 
 
 def _setup_context(ctx, inputs, output):
-    log_probs, need_grad = inputs[0], inputs[-1]
-    ctx.need_grad = need_grad
-    ctx.save_for_backward(output[1], log_probs)
+    log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad = inputs
+    ctx.blank, ctx.torch_grad, ctx.need_grad = blank, torch_grad, need_grad
+    ctx.save_for_backward(output[1], log_probs, targets, input_lengths, target_lengths)
 
 
 class _NoDoubleBackward(torch.autograd.Function):
-    """Identity on the saved gradient that refuses to be differentiated w.r.t. log_probs."""
+    """Identity on the gradient that refuses to be differentiated w.r.t. log_probs."""
 
     @staticmethod
     def forward(ctx, grad, log_probs):
@@ -65,13 +98,17 @@ class _NoDoubleBackward(torch.autograd.Function):
         )
 
 
-def _backward(ctx, grad_nll, _grad_of_grad):
-    grad, log_probs = ctx.saved_tensors
-    if not ctx.need_grad:
-        raise RuntimeError("ctckit::ctc_loss was called with need_grad=False; call ctckit.torch.ctc_loss instead")
+def _backward(ctx, grad_nll, _grad_of_saved):
+    saved, log_probs, targets, input_lengths, target_lengths = ctx.saved_tensors
+    if not ctx.need_grad:  # the forward ran without the gradient: compute it now
+        _, saved = _ctc_loss_op(log_probs.detach(), targets, input_lengths, target_lengths, ctx.blank, ctx.torch_grad, True)
+    if saved.dim() == 3:
+        grad = saved * grad_nll.to(saved.dtype)[None, :, None]
+    else:
+        grad = _scatter_grad_op(saved, targets, input_lengths, target_lengths, grad_nll, ctx.blank, log_probs.shape[2])
     if torch.is_grad_enabled() and log_probs.requires_grad:
         grad = _NoDoubleBackward.apply(grad, log_probs)
-    return grad * grad_nll.to(grad.dtype)[None, :, None], None, None, None, None, None, None
+    return grad, None, None, None, None, None, None
 
 
 _ctc_loss_op.register_autograd(_backward, setup_context=_setup_context)

@@ -9,27 +9,51 @@ from __future__ import annotations
 import numpy as np
 
 from .._inputs import Batch
-from .loss import ctc_loss_batch
+from .loss import GRAD_COMPACT, GRAD_DENSE, GRAD_NONE, ctc_loss_batch, scatter_posteriors
 
 KERNEL_DTYPES = (np.float32, np.float64)
+_MODES = {"none": GRAD_NONE, "dense": GRAD_DENSE, "compact": GRAD_COMPACT}
 
 
-def negative_log_likelihood(log_probs: np.ndarray, batch: Batch, blank: int, *, want_grad: bool, torch_grad: bool = False):
-    """Per-item CTC loss ``-log p(l_n | x_n)`` (float64, shape (N,)) and, when ``want_grad``,
-    the gradient of each item's loss w.r.t. ``log_probs`` (same shape and dtype, rows at
-    ``t >= input_lengths[n]`` zero); otherwise ``None``.
+def compact_is_smaller(num_targets: int, batch: int, classes: int) -> bool:
+    """Whether posteriors (T, len(targets) + N) take less room than a dense (T, N, C) gradient."""
+    return num_targets + batch < batch * classes
 
-    ``log_probs`` is (T, N, C) float32 or float64, any strides. Infeasible items have a
-    loss of ``+inf`` and a zero gradient.
+
+def compact_shape(frames: int, num_targets: int, batch: int) -> tuple[int, int]:
+    return frames, num_targets + batch
+
+
+def negative_log_likelihood(log_probs: np.ndarray, batch: Batch, blank: int, *, grad: str = "none",
+                            torch_grad: bool = False, scale: np.ndarray | None = None):
+    """Per-item CTC loss ``-log p(l_n | x_n)`` and what the gradient needs.
+
+    Returns ``(nll, out)``: ``nll`` float64 (N,), ``+inf`` for infeasible items. ``out`` by
+    ``grad``: ``"none"``: ``None``; ``"dense"``: the gradient of ``sum_n scale[n] * nll[n]``
+    w.r.t. ``log_probs`` (same shape and dtype; ``scale`` defaults to ones); ``"compact"``:
+    the posteriors, (T, len(targets) + N) in the dtype of ``log_probs``, for
+    :func:`scatter_gradient`. ``log_probs`` is (T, N, C) float32 or float64, any strides.
     """
     if log_probs.dtype not in KERNEL_DTYPES:
         raise TypeError(f"the core computes in float32 or float64, got {log_probs.dtype}")
     frames, size, classes = log_probs.shape
+    mode = _MODES[grad]
     nll = np.empty(size, dtype=np.float64)
     status = np.empty(size, dtype=np.int8)
-    grad = np.zeros(log_probs.shape if want_grad else (1, 1, 1), dtype=log_probs.dtype)
-    ctc_loss_batch(
-        log_probs, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths,
-        blank, want_grad, torch_grad, nll, grad, status,
-    )
-    return nll, (grad if want_grad else None)
+    scale = np.ones(size) if scale is None else np.ascontiguousarray(scale, dtype=np.float64)
+    dense = np.zeros(log_probs.shape if mode == GRAD_DENSE else (1, 1, 1), dtype=log_probs.dtype)
+    post_shape = compact_shape(frames, batch.targets.shape[0], size) if mode == GRAD_COMPACT else (1, 1)
+    post = np.zeros(post_shape, dtype=log_probs.dtype)
+    ctc_loss_batch(log_probs, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths,
+                   blank, mode, torch_grad, scale, nll, dense, post, status)
+    out = {GRAD_NONE: None, GRAD_DENSE: dense, GRAD_COMPACT: post}[mode]
+    return nll, out
+
+
+def scatter_gradient(post: np.ndarray, batch: Batch, blank: int, scale: np.ndarray, classes: int) -> np.ndarray:
+    """The dense gradient of ``sum_n scale[n] * nll[n]`` from compact posteriors."""
+    frames = post.shape[0]
+    grad = np.zeros((frames, scale.shape[0], classes), dtype=post.dtype)
+    scatter_posteriors(post, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths,
+                       blank, np.ascontiguousarray(scale, dtype=np.float64), grad)
+    return grad

@@ -55,6 +55,12 @@ STATUS_OK = 0
 STATUS_RECOMPUTED = 1
 """Per-item status codes returned by the drivers (for tests and diagnostics)."""
 
+GRAD_NONE = 0
+GRAD_DENSE = 1
+GRAD_COMPACT = 2
+"""What a loss call writes besides the losses: nothing, the dense gradient, or the compact
+posteriors (one value per item, frame and extended-label class) for a later scatter."""
+
 
 @njit(**NJIT)
 def min_frames_needed(labels, length):
@@ -314,44 +320,58 @@ def _backward_log_likelihood(log_probs, n, frames, blank, labels, length, skip, 
 
 
 @njit(**NJIT)
-def _write_posteriors(grad, log_probs, t, n, blank, labels, length, alpha_row, b_row, inv_z, torch_grad, classes):
-    """Eq. 16: grad[t, n, k] = -sum_{s: l'_s = k} gamma[t, s] (+ y[t, k] for torch's convention)."""
+def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, torch_grad):
+    """Write frame t's class posteriors (eq. 16) for item n.
+
+    ``GRAD_DENSE``: ``grad[t, n, k] = scale * (-sum_{s: l'_s = k} gamma[t, s])`` (plus
+    ``scale * y[t, k]`` for torch's convention) into a row of zeros. ``GRAD_COMPACT``:
+    ``post[t, slot]`` = the blank's posterior, ``post[t, slot + 1 + k]`` = label k's.
+    """
+    if mode == GRAD_COMPACT:
+        post[t, slot] = blank_post
+        for k in range(length):
+            post[t, slot + 1 + k] = label_post[k]
+        return
     if torch_grad:
-        for c in range(classes):
-            grad[t, n, c] = np.exp(np.float64(log_probs[t, n, c]))
-    blank_sum = 0.0
-    for k in range(length + 1):
-        blank_sum += alpha_row[2 * k] * b_row[2 * k]
-    grad[t, n, blank] -= blank_sum * inv_z
+        for c in range(log_probs.shape[2]):
+            grad[t, n, c] = scale * np.exp(np.float64(log_probs[t, n, c]))
+    grad[t, n, blank] -= scale * blank_post
     for k in range(length):
-        s = 2 * k + 1
-        grad[t, n, labels[k]] -= alpha_row[s] * b_row[s] * inv_z
+        grad[t, n, labels[k]] -= scale * label_post[k]
 
 
 @njit(**NJIT)
-def _gradient_pass(log_probs, n, frames, blank, labels, length, skip, alpha, log_scale, log_p, grad, torch_grad, y_label, work):
+def _gradient_pass(log_probs, n, frames, blank, labels, length, skip, alpha, log_scale, log_p,
+                   mode, grad, post, slot, scale, torch_grad, y_label, work, label_post):
     """Backward recursion with the posterior scatter; False when eq. 14 fails at a frame."""
     width = 2 * length + 1
-    classes = log_probs.shape[2]
     rows = np.empty((2, width))
     _beta_init(rows[(frames - 1) % 2], width, length)
-    scale = 0.0
+    log_b_scale = 0.0
     for t in range(frames - 1, -1, -1):
         b_row = rows[t % 2]
         if t < frames - 1:
             step = _beta_advance(log_probs, n, t, blank, labels, length, skip, rows[(t + 1) % 2], b_row, y_label, work)
             if not step > _NEG_INF:
                 return False
-            scale += step
-        z = 0.0
+            log_b_scale += step
         a_row = alpha[t]
-        for s in range(width):
-            z += a_row[s] * b_row[s]
+        blank_mass = 0.0
+        for k in range(length + 1):
+            blank_mass += a_row[2 * k] * b_row[2 * k]
+        z = blank_mass
+        for k in range(length):
+            v = a_row[2 * k + 1] * b_row[2 * k + 1]
+            label_post[k] = v
+            z += v
         if not z > 0.0:
             return False
-        if abs(np.log(z) + log_scale[t] + scale - log_p) > _LOG_P_TOLERANCE:
+        if abs(np.log(z) + log_scale[t] + log_b_scale - log_p) > _LOG_P_TOLERANCE:  # eq. 14
             return False
-        _write_posteriors(grad, log_probs, t, n, blank, labels, length, a_row, b_row, 1.0 / z, torch_grad, classes)
+        inv_z = 1.0 / z
+        for k in range(length):
+            label_post[k] *= inv_z
+        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_mass * inv_z, label_post, torch_grad)
     return True
 
 
@@ -367,7 +387,7 @@ def _logaddexp(a, b):
 
 
 @njit(**NJIT)
-def _log_space_item(log_probs, n, frames, blank, labels, length, skip, want_grad, grad, torch_grad):
+def _log_space_item(log_probs, n, frames, blank, labels, length, skip, mode, grad, post, slot, scale, torch_grad, label_post):
     """The plain log-space forward-backward (eqs. 6-16 with log-sum-exp), float64.
 
     Slower, never loses a path to underflow: used for items the rescaled pass rejects.
@@ -387,9 +407,8 @@ def _log_space_item(log_probs, n, frames, blank, labels, length, skip, want_grad
     log_p = log_alpha[frames - 1, width - 1]
     if length > 0:
         log_p = _logaddexp(log_p, log_alpha[frames - 1, width - 2])
-    if not want_grad or not (log_p > _NEG_INF and log_p < np.inf):
+    if mode == GRAD_NONE or not (log_p > _NEG_INF and log_p < np.inf):
         return log_p
-    classes = log_probs.shape[2]
     next_b = np.full(width, _NEG_INF)
     cur_b = np.full(width, _NEG_INF)
     next_b[width - 1] = 0.0
@@ -399,8 +418,7 @@ def _log_space_item(log_probs, n, frames, blank, labels, length, skip, want_grad
     for t in range(frames - 1, -1, -1):
         if t < frames - 1:
             for s in range(width):
-                lw = next_b[s] + _log_emission(log_probs, t + 1, n, blank, labels, s)
-                v = lw
+                v = next_b[s] + _log_emission(log_probs, t + 1, n, blank, labels, s)
                 if s + 1 < width:
                     v = _logaddexp(v, next_b[s + 1] + _log_emission(log_probs, t + 1, n, blank, labels, s + 1))
                 if s % 2 == 1 and s + 2 < width and skip[(s + 1) // 2] > 0.0:
@@ -411,29 +429,30 @@ def _log_space_item(log_probs, n, frames, blank, labels, length, skip, want_grad
         for s in range(width):
             gamma[s] = log_alpha[t, s] + next_b[s]
             log_z = _logaddexp(log_z, gamma[s])
-        for s in range(width):
-            gamma[s] = np.exp(gamma[s] - log_z)
-        for c in range(classes):
-            grad[t, n, c] = np.exp(np.float64(log_probs[t, n, c])) if torch_grad else 0.0
-        blank_sum = 0.0
+        blank_post = 0.0
         for k in range(length + 1):
-            blank_sum += gamma[2 * k]
-        grad[t, n, blank] -= blank_sum
+            blank_post += np.exp(gamma[2 * k] - log_z)
         for k in range(length):
-            grad[t, n, labels[k]] -= gamma[2 * k + 1]
+            label_post[k] = np.exp(gamma[2 * k + 1] - log_z)
+        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, torch_grad)
     return log_p
 
 
 @njit(**NJIT)
-def _clear_item_grad(grad, n, frames, value):
+def _fill_item(mode, grad, post, n, slot, frames, length, value):
+    """Set item n's gradient (or posteriors) to ``value`` on its frames."""
     for t in range(frames):
-        for c in range(grad.shape[2]):
-            grad[t, n, c] = value
+        if mode == GRAD_COMPACT:
+            for k in range(length + 1):
+                post[t, slot + k] = value
+        else:
+            for c in range(grad.shape[2]):
+                grad[t, n, c] = value
 
 
 @njit(**NJIT)
-def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, blank, want_grad, torch_grad, grad):
-    """Negative log-likelihood of item ``n``; writes its gradient rows when ``want_grad``.
+def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, blank, mode, torch_grad, scale, grad, post):
+    """Negative log-likelihood of item ``n``, writing its gradient or posteriors per ``mode``.
 
     Returns ``(nll, status)``. Infeasible items give ``+inf`` and a zero gradient; a NaN
     among the used log-probs gives a NaN loss and NaN gradient rows.
@@ -441,6 +460,7 @@ def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, bl
     frames = input_lengths[n]
     length = target_lengths[n]
     labels = targets[offsets[n]:offsets[n] + length]
+    slot = offsets[n] + n
     if min_frames_needed(labels, length) > frames:
         return np.inf, STATUS_OK
     if frames == 0:
@@ -449,46 +469,64 @@ def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, bl
     skip = np.empty(max(length, 1))
     _skip_weights(labels, length, skip)
     y_label = np.empty(max(length, 1))
+    label_post = np.empty(max(length, 1))
     work = np.empty(width)
-    if want_grad:
-        alpha = np.empty((frames, width))
-        log_scale = np.empty(frames)
-    else:
-        alpha = np.empty((2, width))
-        log_scale = np.empty(2)
+    rows = frames if mode != GRAD_NONE else 2
+    alpha = np.empty((rows, width))
+    log_scale = np.empty(rows)
     log_p = _alpha_pass(log_probs, n, frames, blank, labels, length, skip, alpha, log_scale, y_label)
     if log_p != log_p:
-        if want_grad:
-            _clear_item_grad(grad, n, frames, np.nan)
+        if mode != GRAD_NONE:
+            _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
         return np.nan, STATUS_OK
-    status = STATUS_OK
+    ok = False
     if log_p > _NEG_INF:
-        if want_grad:
-            ok = _gradient_pass(log_probs, n, frames, blank, labels, length, skip, alpha, log_scale, log_p, grad, torch_grad, y_label, work)
+        if mode != GRAD_NONE:
+            ok = _gradient_pass(log_probs, n, frames, blank, labels, length, skip, alpha, log_scale, log_p,
+                                mode, grad, post, slot, scale, torch_grad, y_label, work, label_post)
         else:
             check = _backward_log_likelihood(log_probs, n, frames, blank, labels, length, skip, alpha, y_label, work)
             ok = abs(check - log_p) <= _LOG_P_TOLERANCE
-        if not ok:
-            status = STATUS_RECOMPUTED
-    else:
-        # The rescaled pass found no surviving path; confirm in log space before
-        # calling the target infeasible (underflow must never fake an infinite loss).
-        status = STATUS_RECOMPUTED
-    if status == STATUS_RECOMPUTED:
-        log_p = _log_space_item(log_probs, n, frames, blank, labels, length, skip, want_grad, grad, torch_grad)
-    if not log_p > _NEG_INF and want_grad:
-        _clear_item_grad(grad, n, frames, 0.0)
-    return -log_p, status
+    # else: the rescaled pass found no surviving path; confirm in log space before calling
+    # the target infeasible (underflow must never fake an infinite loss).
+    if ok:
+        return -log_p, STATUS_OK
+    if mode == GRAD_DENSE:
+        _fill_item(mode, grad, post, n, slot, frames, length, 0.0)
+    log_p = _log_space_item(log_probs, n, frames, blank, labels, length, skip, mode, grad, post, slot, scale, torch_grad, label_post)
+    if not log_p > _NEG_INF and mode != GRAD_NONE:
+        _fill_item(mode, grad, post, n, slot, frames, length, 0.0)
+    return -log_p, STATUS_RECOMPUTED
 
 
 @njit(**PARALLEL)
-def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, blank, want_grad, torch_grad, nll, grad, status):
-    """Fill ``nll[n]`` (and ``grad[:, n, :]``, ``status[n]``) for every item, in parallel.
+def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, blank, mode, torch_grad, scale, nll, grad, post, status):
+    """Fill ``nll[n]``, ``status[n]`` and item n's gradient output for every item, in parallel.
 
     Inputs must be validated: ``log_probs`` (T, N, C) float, ``targets`` 1-D int64 with
-    item ``n``'s labels at ``offsets[n] : offsets[n] + target_lengths[n]``, lengths int64,
-    ``grad`` (T, N, C) zeros (ignored unless ``want_grad``). Each item writes only its own
-    slices, so the result does not depend on scheduling.
+    item ``n``'s labels at ``offsets[n] : offsets[n] + target_lengths[n]``, lengths int64.
+    ``mode``: ``GRAD_NONE``; ``GRAD_DENSE``, the gradient times ``scale[n]`` into ``grad``
+    (T, N, C) zeros; ``GRAD_COMPACT``, posteriors into ``post`` (T, len(targets) + N) zeros,
+    item n's slots starting at ``offsets[n] + n`` (see :func:`scatter_posteriors`).
+    Each item writes only its own slices, so the result does not depend on scheduling.
     """
     for n in prange(nll.shape[0]):
-        nll[n], status[n] = _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, blank, want_grad, torch_grad, grad)
+        nll[n], status[n] = _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, blank,
+                                       mode, torch_grad, scale[n], grad, post)
+
+
+@njit(**PARALLEL)
+def scatter_posteriors(post, targets, offsets, input_lengths, target_lengths, blank, scale, grad):
+    """Dense gradient from compact posteriors: ``grad[t, n, k] = -scale[n] * posterior``.
+
+    ``grad`` is (T, N, C) zeros; the layout of ``post`` is :func:`ctc_loss_batch`'s.
+    """
+    for n in prange(grad.shape[1]):
+        length = target_lengths[n]
+        labels = targets[offsets[n]:offsets[n] + length]
+        slot = offsets[n] + n
+        factor = scale[n]
+        for t in range(input_lengths[n]):
+            grad[t, n, blank] = -factor * post[t, slot]
+            for k in range(length):
+                grad[t, n, labels[k]] -= factor * post[t, slot + 1 + k]
