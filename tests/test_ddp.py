@@ -1,0 +1,57 @@
+"""DistributedDataParallel over two CPU processes (gloo) trains exactly like one process."""
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import ctckit.torch as ct
+
+STEPS, FRAMES, BATCH, CLASSES, HIDDEN = 4, 16, 8, 6, 12
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(FRAMES, BATCH, 4, generator=g)
+    targets = torch.randint(1, CLASSES, (BATCH, 5), generator=g)
+    input_lengths = torch.randint(10, FRAMES + 1, (BATCH,), generator=g)
+    target_lengths = torch.randint(1, 6, (BATCH,), generator=g)
+    return x, targets, input_lengths, target_lengths
+
+
+def _model():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(4, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, CLASSES)).double()
+
+
+def _train(model, x, targets, input_lengths, target_lengths):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    loss_fn = ct.CTCLoss()
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        loss_fn(model(x.double()).log_softmax(2), targets, input_lengths, target_lengths).backward()
+        optimizer.step()
+
+
+def _worker(rank, world, store_path, out_path):
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    x, targets, il, tl = _data()
+    part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    model = torch.nn.parallel.DistributedDataParallel(_model())
+    _train(model, x[:, part], targets[part], il[part], tl[part])
+    if rank == 0:
+        torch.save(model.module.state_dict(), out_path)
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    single = _model()
+    _train(single, *_data())
+    trained = torch.load(out)
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(trained[name], value, rtol=1e-10, atol=1e-12)
+    assert not torch.equal(trained["0.weight"], _model().state_dict()["0.weight"])  # it did train

@@ -1,0 +1,136 @@
+"""ctckit.torch as a registered operator: opcheck, torch.compile, torch.export, autocast, DDP."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch._dynamo.testing
+import torch.nn.functional as F
+
+import ctckit.torch as ct
+from ctckit.torch import _ctc_loss_op
+
+
+def _problem(frames=20, batch=3, classes=6, max_target=5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(frames, batch, classes, generator=g, dtype=dtype)
+    targets = torch.randint(1, classes, (batch, max_target), generator=g)
+    input_lengths = torch.randint(frames // 2 + 1, frames + 1, (batch,), generator=g)
+    input_lengths[0] = frames
+    target_lengths = torch.randint(0, max_target + 1, (batch,), generator=g)
+    return x, targets, input_lengths, target_lengths
+
+
+@pytest.mark.parametrize("classes", [6, 40])  # dense and compact saved state
+@pytest.mark.parametrize("concatenated", [False, True])
+@pytest.mark.parametrize("torch_grad", [False, True])
+@pytest.mark.parametrize("need_grad", [False, True])
+def test_opcheck(classes, concatenated, torch_grad, need_grad):
+    x, targets, il, tl = _problem(classes=classes)
+    if concatenated:
+        targets = torch.cat([targets[n, : tl[n]] for n in range(len(tl))])
+    lp = x.log_softmax(2).detach().requires_grad_()
+    torch.library.opcheck(_ctc_loss_op, (lp, targets, il, tl, 0, torch_grad, need_grad))
+
+
+class TinyModel(torch.nn.Module):
+    def __init__(self, classes, reduction="mean", zero_infinity=False):
+        super().__init__()
+        self.proj = torch.nn.Linear(classes, classes, dtype=torch.float64)
+        self.loss = ct.CTCLoss(reduction=reduction, zero_infinity=zero_infinity)
+
+    def forward(self, x, targets, input_lengths, target_lengths):
+        return self.loss(self.proj(x).log_softmax(2), targets, input_lengths, target_lengths)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_compile_fullgraph_matches_eager(reduction):
+    x, targets, il, tl = _problem()
+    model = TinyModel(6, reduction, zero_infinity=True)
+    eager = model(x, targets, il, tl)
+    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x, targets, il, tl)
+    compiled_grads = torch.autograd.grad(compiled, list(model.parameters()))
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_compile_with_inductor_matches_eager():
+    x, targets, il, tl = _problem(classes=40)
+    model = TinyModel(40)
+    eager = model(x, targets, il, tl)
+    compiled = torch.compile(model, fullgraph=True)(x, targets, il, tl)
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+    compiled_grads = torch.autograd.grad(compiled, list(model.parameters()))
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_changing_shapes_do_not_recompile_every_call():
+    # (The saved state is compact when len(targets) + N < N * C: a shape guard that gives
+    # at most one more graph if a batch crosses it. Here C = 12 keeps every batch compact.)
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    model = TinyModel(12)
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    shapes = [(20, 3, 5), (24, 4, 6), (30, 2, 7), (17, 5, 4), (40, 3, 9)]
+    for seed, (frames, batch, max_target) in enumerate(shapes):
+        x, targets, il, tl = _problem(frames, batch, 12, max_target, seed=seed)
+        loss = compiled(x, targets, il, tl)
+        torch.testing.assert_close(loss, model(x, targets, il, tl), rtol=1e-12, atol=1e-12)
+        loss.backward()
+    assert counter.frame_count <= 2, f"compiled {counter.frame_count} times for {len(shapes)} shapes"
+
+
+def test_export_gives_the_same_loss():
+    x, targets, il, tl = _problem()
+    model = TinyModel(6)
+    program = torch.export.export(model, (x, targets, il, tl))
+    torch.testing.assert_close(program.module()(x, targets, il, tl), model(x, targets, il, tl))
+    x2, targets2, il2, tl2 = _problem(seed=5)
+    torch.testing.assert_close(program.module()(x2, targets2, il2, tl2), model(x2, targets2, il2, tl2))
+
+
+def test_autocast_bfloat16_returns_float32_and_gradients_flow_in_bfloat16():
+    x, targets, il, tl = _problem(dtype=torch.float32)
+    proj = torch.nn.Linear(6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = proj(x)
+        assert logits.dtype == torch.bfloat16
+        log_probs = logits.log_softmax(2).to(torch.bfloat16)
+        log_probs.retain_grad()
+        loss = ct.ctc_loss(log_probs, targets, il, tl)
+        reference = F.ctc_loss(log_probs, targets, il, tl)
+    assert loss.dtype == torch.float32 and reference.dtype == torch.float32
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert log_probs.grad.dtype == torch.bfloat16
+    assert proj.weight.grad is not None and torch.isfinite(proj.weight.grad).all()
+
+
+def test_module_pickles_and_round_trips_state_dict():
+    module = ct.CTCLoss(blank=2, reduction="sum", zero_infinity=True)
+    clone = pickle.loads(pickle.dumps(module))
+    assert (clone.blank, clone.reduction, clone.zero_infinity) == (2, "sum", True)
+    fresh = ct.CTCLoss(blank=2, reduction="sum", zero_infinity=True)
+    fresh.load_state_dict(module.state_dict())
+    x, targets, il, tl = _problem()
+    targets[targets == 2] = 1
+    lp = x.log_softmax(2)
+    assert torch.equal(clone(lp, targets, il, tl), module(lp, targets, il, tl))
+    assert repr(module) == "CTCLoss(blank=2, reduction='sum', zero_infinity=True, gradient='exact')"
+
+
+def test_double_backward_is_refused_but_create_graph_elsewhere_works():
+    x, targets, il, tl = _problem()
+    lp = x.log_softmax(2).detach().requires_grad_()
+    weight = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    loss = weight * ct.ctc_loss(lp, targets, il, tl)
+    grad_w, = torch.autograd.grad(loss, weight, create_graph=True)  # first order only: fine
+    assert torch.isfinite(grad_w)
+    grad_lp, = torch.autograd.grad(ct.ctc_loss(lp, targets, il, tl), lp, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.autograd.grad(grad_lp.square().sum(), lp)
