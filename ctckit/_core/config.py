@@ -1,12 +1,17 @@
 """Every Numba flag ctckit uses, in one place.
 
-``fastmath`` stays off: the kernels rely on IEEE ``inf`` and ``NaN`` (masked
-classes, infeasible targets) and on a fixed order of float operations, which is
-what makes results bitwise identical whatever the thread count.
+No ``nnan``/``ninf`` anywhere: the kernels rely on IEEE ``inf`` and ``NaN`` (masked
+classes, infeasible targets). ``contract`` (fused multiply-add) is on everywhere;
+``reassoc`` only in the small reduction helpers, so that sums over a row vectorise. Both
+fix the order of operations at compile time: results stay bitwise identical whatever
+the thread count.
 """
 
-NJIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
+NJIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 """Options for the serial per-item kernels."""
+
+REDUCE = dict(NJIT, fastmath={"contract", "reassoc", "nsz"})
+"""Options for row reductions (sums of non-negative values) that should vectorise."""
 
 PARALLEL = dict(NJIT, parallel=True)
 """Options for the batch drivers: ``prange`` over items, each writing its own slice."""

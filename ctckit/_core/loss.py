@@ -42,7 +42,7 @@ ICML 2006.
 import numpy as np
 from numba import njit, prange
 
-from .config import NJIT, PARALLEL
+from .config import NJIT, PARALLEL, REDUCE
 
 _NEG_INF = -np.inf
 _UNDERFLOW = 1e-280
@@ -80,240 +80,334 @@ def _skip_weights(labels, length, skip):
 
 
 @njit(**NJIT)
-def _emissions(log_probs, t, n, blank, labels, length, y_label):
-    """Frame ``t``'s emissions of the blank and of each label, shifted by their max ``m``.
-
-    Writes ``y_label[k] = exp(log y[t, l_k] - m)`` and returns ``(m, exp(log y[t, blank] - m))``.
-    ``m`` is ``-inf`` when every needed class is masked, NaN when one is NaN.
-    """
-    log_blank = np.float64(log_probs[t, n, blank])
-    m = log_blank
-    for k in range(length):
-        v = np.float64(log_probs[t, n, labels[k]])
-        y_label[k] = v
-        if v > m:
-            m = v
-    if m == _NEG_INF:
-        return m, 0.0
-    for k in range(length):
-        y_label[k] = np.exp(y_label[k] - m)
-    return m, np.exp(log_blank - m)
-
-
-@njit(**NJIT)
 def _log_emission(log_probs, t, n, blank, labels, s):
+    """log y[t, l'_s] for state s of the interleaved extended target."""
     if s % 2 == 0:
         return np.float64(log_probs[t, n, blank])
     return np.float64(log_probs[t, n, labels[(s - 1) // 2]])
 
 
-@njit(**NJIT)
-def _alpha_step(prev, new, y_blank, y_label, skip, length):
-    """Eq. 6: alpha[t, s] = (alpha[t-1, s] + alpha[t-1, s-1] [+ alpha[t-1, s-2]]) y[t, l'_s].
+# ---------------------------------------------------------------------------------------
+# Rescaled probability space. A row of L' states is kept *split*: ``row[:L+1]`` holds the
+# blank states s = 2k, ``row[L+1:]`` the label states s = 2k + 1, so that every
+# recursion below is a unit-stride loop that vectorises.
+# ---------------------------------------------------------------------------------------
 
-    ``prev`` and ``new`` are rows of ``L'`` states; returns the sum of ``new``.
-    """
-    new[0] = prev[0] * y_blank
-    total = new[0]
-    for k in range(length):
-        s = 2 * k + 1
-        v = prev[s] + prev[s - 1]
-        if k > 0:
-            v += skip[k] * prev[s - 2]
-        new[s] = v * y_label[k]
-        new[s + 1] = (prev[s + 1] + prev[s]) * y_blank
-        total += new[s] + new[s + 1]
+
+@njit(**REDUCE)
+def _sum(row):
+    total = 0.0
+    for v in row:
+        total += v
     return total
 
 
+@njit(**REDUCE)
+def _dot(a, b):
+    total = 0.0
+    for i in range(a.shape[0]):
+        total += a[i] * b[i]
+    return total
+
+
+@njit(**REDUCE)
+def _count_below(row, lo, hi, threshold):
+    count = 0
+    for i in range(lo, hi):
+        count += row[i] < threshold
+    return count
+
+
 @njit(**NJIT)
-def _alpha_step_log(prev, new, log_probs, t, n, blank, labels, skip, length, m):
+def _scale(row, factor):
+    for i in range(row.shape[0]):
+        row[i] *= factor
+
+
+@njit(**NJIT)
+def _emissions(log_probs, t, n, blank, labels, y_label, exp_row):
+    """Frame ``t``'s emissions of the blank and of each label, shifted by their max ``m``.
+
+    Writes ``y_label[k] = exp(log y[t, l_k] - m)``; returns ``(m, exp(log y[t, blank] - m))``.
+    With fewer classes than labels, the class row is exponentiated once (``exp_row``) and
+    gathered: ``min(C, L + 1)`` exps per frame. ``m`` is ``-inf`` when every needed class
+    is masked, NaN when one is NaN.
+    """
+    length = y_label.shape[0]
+    log_blank = np.float64(log_probs[t, n, blank])
+    m = log_blank
+    for k in range(length):
+        v = np.float64(log_probs[t, n, labels[k]])
+        if v > m:
+            m = v
+    if m == _NEG_INF:
+        return m, 0.0
+    classes = exp_row.shape[0]
+    if classes < length + 1:
+        for c in range(classes):
+            exp_row[c] = np.exp(np.float64(log_probs[t, n, c]) - m)  # may be inf for unused c
+        for k in range(length):
+            y_label[k] = exp_row[labels[k]]
+        return m, exp_row[blank]
+    for k in range(length):
+        y_label[k] = np.exp(np.float64(log_probs[t, n, labels[k]]) - m)
+    return m, np.exp(log_blank - m)
+
+
+@njit(**NJIT)
+def _alpha_step(prev, new, y_blank, y_label, skip):
+    """Eq. 6: alpha[t, s] = (alpha[t-1, s] + alpha[t-1, s-1] [+ alpha[t-1, s-2]]) y[t, l'_s].
+
+    Split rows; the third term only for a label state whose label differs from the
+    previous one (eq. 7). Returns the sum of ``new``.
+    """
+    length = y_label.shape[0]
+    prev_b, prev_l = prev[:length + 1], prev[length + 1:]
+    new_b, new_l = new[:length + 1], new[length + 1:]
+    new_b[0] = prev_b[0] * y_blank
+    for k in range(1, length + 1):
+        new_b[k] = (prev_b[k] + prev_l[k - 1]) * y_blank
+    if length > 0:
+        new_l[0] = (prev_l[0] + prev_b[0]) * y_label[0]
+    for k in range(1, length):
+        new_l[k] = (prev_l[k] + prev_b[k] + skip[k] * prev_l[k - 1]) * y_label[k]
+    return _sum(new)
+
+
+@njit(**NJIT)
+def _alpha_step_log(prev, new, log_probs, t, n, blank, labels, skip, m):
     """Eq. 6 in log space, for a frame whose rescaled sum underflowed.
 
     ``prev`` is a normalised probability row; ``new`` receives ``exp(log alpha - M)``.
     Returns ``(M, sum of new)``; ``M`` is ``-inf`` when no state is reachable.
     """
-    width = 2 * length + 1
-    top = _NEG_INF
-    for s in range(width):
-        v = prev[s]
-        if s >= 1:
-            v += prev[s - 1]
-        if s >= 3 and s % 2 == 1:
-            v += skip[(s - 1) // 2] * prev[s - 2]
-        lv = np.log(v) + (_log_emission(log_probs, t, n, blank, labels, s) - m) if v > 0.0 else _NEG_INF
-        new[s] = lv
-        if lv > top:
-            top = lv
+    length = labels.shape[0]
+    prev_b, prev_l = prev[:length + 1], prev[length + 1:]
+    log_blank = np.float64(log_probs[t, n, blank]) - m
+    for k in range(length + 1):
+        v = prev_b[k] + (prev_l[k - 1] if k > 0 else 0.0)
+        new[k] = np.log(v) + log_blank if v > 0.0 else _NEG_INF
+    for k in range(length):
+        v = prev_l[k] + prev_b[k] + (skip[k] * prev_l[k - 1] if k > 0 else 0.0)
+        new[length + 1 + k] = np.log(v) + (np.float64(log_probs[t, n, labels[k]]) - m) if v > 0.0 else _NEG_INF
+    top = new.max()
     if top == _NEG_INF:
         return top, 0.0
-    total = 0.0
-    for s in range(width):
-        new[s] = np.exp(new[s] - top)
-        total += new[s]
-    return top, total
+    for i in range(new.shape[0]):
+        new[i] = np.exp(new[i] - top)
+    return top, _sum(new)
 
 
 @njit(**NJIT)
-def _beta_step(next_b, cur_b, y_blank, y_label, skip, length):
-    """Eqs. 10-11 without frame t's own emission:
+def _beta_step(next_b, cur, y_blank, y_label, skip):
+    """Eqs. 10-11 without frame t's own emission, on split rows:
 
     b[t, s] = w(s) + w(s+1) [+ w(s+2)],  w(s') = y[t+1, l'_s'] b[t+1, s'].
 
-    ``y_*`` are frame t+1's emissions. Returns the sum of ``cur_b``.
+    ``y_*`` are frame t+1's emissions. Returns the sum of ``cur``.
     """
-    total = 0.0
-    for k in range(length + 1):
-        s = 2 * k
-        w_blank = y_blank * next_b[s]
-        if k < length:
-            w_label = y_label[k] * next_b[s + 1]
-            cur_b[s] = w_blank + w_label
-            v = w_label + y_blank * next_b[s + 2]
-            if k + 1 < length:
-                v += skip[k + 1] * y_label[k + 1] * next_b[s + 3]
-            cur_b[s + 1] = v
-            total += cur_b[s] + v
-        else:
-            cur_b[s] = w_blank
-            total += w_blank
-    return total
+    length = y_label.shape[0]
+    nb, nl = next_b[:length + 1], next_b[length + 1:]
+    cb, cl = cur[:length + 1], cur[length + 1:]
+    for k in range(length):
+        cb[k] = y_blank * nb[k] + y_label[k] * nl[k]
+    cb[length] = y_blank * nb[length]
+    for k in range(length - 1):
+        cl[k] = y_label[k] * nl[k] + y_blank * nb[k + 1] + skip[k + 1] * y_label[k + 1] * nl[k + 1]
+    if length > 0:
+        cl[length - 1] = y_label[length - 1] * nl[length - 1] + y_blank * nb[length]
+    return _sum(cur)
 
 
 @njit(**NJIT)
-def _beta_step_log(next_b, cur_b, log_probs, t_next, n, blank, labels, skip, length, m, work):
+def _beta_step_log(next_b, cur, log_probs, t_next, n, blank, labels, skip, m, work):
     """:func:`_beta_step` in log space for a frame whose rescaled sum underflowed.
 
-    Returns ``(M, sum of cur_b)`` with ``cur_b`` holding ``b / exp(M)``.
+    Returns ``(M, sum of cur)`` with ``cur`` holding ``b / exp(M)``.
     """
-    width = 2 * length + 1
-    top = _NEG_INF
-    for s in range(width):
-        b = next_b[s]
-        lw = np.log(b) + (_log_emission(log_probs, t_next, n, blank, labels, s) - m) if b > 0.0 else _NEG_INF
-        work[s] = lw
-        if lw > top:
-            top = lw
+    length = labels.shape[0]
+    log_blank = np.float64(log_probs[t_next, n, blank]) - m
+    for i in range(length + 1):
+        work[i] = np.log(next_b[i]) + log_blank if next_b[i] > 0.0 else _NEG_INF
+    for k in range(length):
+        b = next_b[length + 1 + k]
+        work[length + 1 + k] = np.log(b) + (np.float64(log_probs[t_next, n, labels[k]]) - m) if b > 0.0 else _NEG_INF
+    top = work.max()
     if top == _NEG_INF:
         return top, 0.0
-    for s in range(width):
-        work[s] = np.exp(work[s] - top)
-    total = 0.0
-    for s in range(width):
-        v = work[s]
-        if s + 1 < width:
-            v += work[s + 1]
-        if s % 2 == 1 and s + 2 < width:
-            v += skip[(s + 1) // 2] * work[s + 2]
-        cur_b[s] = v
-        total += v
-    return top, total
-
-
-@njit(**NJIT)
-def _scale_row(row, width, factor):
-    for s in range(width):
-        row[s] *= factor
-
-
-@njit(**NJIT)
-def _alpha_pass(log_probs, n, frames, blank, labels, length, skip, alpha, log_scale, y_label):
-    """Rescaled forward recursion (eqs. 6-7). Row ``t`` of ``alpha`` is normalised to sum 1,
-    ``log_scale[t]`` is the log of what was divided out so far.
-
-    ``alpha`` has ``frames`` rows when the gradient is wanted, else 2 (rolling rows);
-    ``log_scale`` likewise. Returns ``log P`` (eq. 8), ``-inf`` when no path survives,
-    NaN when a used log-prob is NaN.
-    """
-    width = 2 * length + 1
-    rolling = alpha.shape[0] == 2
-    m, y_blank = _emissions(log_probs, 0, n, blank, labels, length, y_label)
-    if m == _NEG_INF:
-        return _NEG_INF
-    row = alpha[0]
-    for s in range(width):
-        row[s] = 0.0
-    row[0] = y_blank
-    total = y_blank
+    for i in range(work.shape[0]):
+        work[i] = np.exp(work[i] - top)
+    # work now holds w(s) / exp(M) in split layout; combine as in _beta_step with y = 1.
+    wb, wl = work[:length + 1], work[length + 1:]
+    cb, cl = cur[:length + 1], cur[length + 1:]
+    for k in range(length):
+        cb[k] = wb[k] + wl[k]
+    cb[length] = wb[length]
+    for k in range(length - 1):
+        cl[k] = wl[k] + wb[k + 1] + skip[k + 1] * wl[k + 1]
     if length > 0:
-        row[1] = y_label[0]
-        total += y_label[0]
-    if not total > 0.0:
-        return _NEG_INF if total == 0.0 else np.nan
-    _scale_row(row, width, 1.0 / total)
-    scale = m + np.log(total)
-    log_scale[0] = scale
-    for t in range(1, frames):
-        prev = alpha[(t - 1) % 2] if rolling else alpha[t - 1]
-        new = alpha[t % 2] if rolling else alpha[t]
-        m, y_blank = _emissions(log_probs, t, n, blank, labels, length, y_label)
+        cl[length - 1] = wl[length - 1] + wb[length]
+    return top, _sum(cur)
+
+
+_TINY = 1e-300
+"""A state of a normalised row below this may have lost precision to underflow."""
+
+
+@njit(**NJIT)
+def _states_at_risk(row, length, t, frames):
+    """How many states that can still reach the end at frame ``frames - 1`` hold less than
+    ``_TINY``: zero means no relevant path lost precision at frame ``t`` (checked from
+    states s in [L' - 2 - 2 (frames - 1 - t), 2t + 1])."""
+    width = 2 * length + 1
+    lo = max(0, width - 2 - 2 * (frames - 1 - t))
+    hi = min(width - 1, 2 * t + 1)
+    if lo > hi:
+        return 0
+    # blank states s = 2k with lo <= s <= hi; label states s = 2k + 1 likewise
+    at_risk = _count_below(row, (lo + 1) // 2, hi // 2 + 1, _TINY)
+    return at_risk + _count_below(row, length + 1 + lo // 2, length + 1 + (hi - 1) // 2 + 1, _TINY)
+
+
+@njit(**NJIT)
+def _alpha_first_row(row, log_probs, n, blank, labels):
+    """Eq. 7's initial row, shifted by its own max. Returns ``(shift, sum of row)``."""
+    length = labels.shape[0]
+    log_blank = np.float64(log_probs[0, n, blank])
+    log_label = np.float64(log_probs[0, n, labels[0]]) if length > 0 else _NEG_INF
+    top = max(log_blank, log_label)
+    row[:] = 0.0
+    if top == _NEG_INF or top != top:
+        return top, 0.0
+    row[0] = np.exp(log_blank - top)
+    if length > 0:
+        row[length + 1] = np.exp(log_label - top)
+    return top, _sum(row)
+
+
+@njit(**NJIT)
+def _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, log_scale, emit_blank, emit_label, emit_shift, exp_row, y_label):
+    """Rescaled forward recursion (eqs. 6-7), every row kept: row ``t`` of ``alpha`` sums to
+    one, ``log_scale[t]`` is the log of what was divided out up to ``t``. Frame t's
+    emissions are kept in ``emit_*`` for the backward pass.
+
+    Returns ``log P`` (eq. 8): ``-inf`` when no path survives, NaN for a NaN log-prob.
+    """
+    length = labels.shape[0]
+    width = 2 * length + 1
+    scale = 0.0
+    for t in range(frames):
+        m, y_blank = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row)
+        emit_blank[t], emit_shift[t] = y_blank, m
         if m == _NEG_INF:
             return _NEG_INF
-        total = _alpha_step(prev, new, y_blank, y_label, skip, length)
+        if t == 0:
+            m, total = _alpha_first_row(alpha[0], log_probs, n, blank, labels)
+            if m != m:
+                return np.nan
+            if m == _NEG_INF:
+                return _NEG_INF
+        else:
+            total = _alpha_step(alpha[t - 1], alpha[t], y_blank, emit_label[t], skip)
         if total != total:
             return np.nan
         if total < _UNDERFLOW:
-            top, total = _alpha_step_log(prev, new, log_probs, t, n, blank, labels, skip, length, m)
+            top, total = _alpha_step_log(alpha[t - 1], alpha[t], log_probs, t, n, blank, labels, skip, m)
             if top == _NEG_INF:
                 return _NEG_INF
             m += top
-        _scale_row(new, width, 1.0 / total)
+        _scale(alpha[t], 1.0 / total)
         scale += m + np.log(total)
-        log_scale[t if not rolling else t % 2] = scale
-    last = alpha[(frames - 1) % 2] if rolling else alpha[frames - 1]
-    end = last[width - 1]
-    if length > 0:
-        end += last[width - 2]
+        log_scale[t] = scale
+    last = alpha[frames - 1]
+    end = last[length] + (last[width - 1] if length > 0 else 0.0)
     if not end > 0.0:
         return _NEG_INF
     return scale + np.log(end)
 
 
 @njit(**NJIT)
-def _beta_init(b, width, length):
-    for s in range(width):
-        b[s] = 0.0
-    b[width - 1] = 1.0
-    if length > 0:
-        b[width - 2] = 1.0
+def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label):
+    """:func:`_alpha_pass` with two rolling rows and emissions computed on the fly, for the
+    loss alone. Returns ``(log P, at_risk)``: ``at_risk`` is False when no state that can
+    still reach the end ever fell below ``_TINY`` (then no relevant path was lost)."""
+    length = labels.shape[0]
+    width = 2 * length + 1
+    scale = 0.0
+    at_risk = False
+    for t in range(frames):
+        m, y_blank = _emissions(log_probs, t, n, blank, labels, y_label, exp_row)
+        if m == _NEG_INF:
+            return _NEG_INF, True
+        row = rows[t % 2]
+        if t == 0:
+            m, total = _alpha_first_row(row, log_probs, n, blank, labels)
+            if m != m:
+                return np.nan, False
+            if m == _NEG_INF:
+                return _NEG_INF, True
+        else:
+            total = _alpha_step(rows[(t - 1) % 2], row, y_blank, y_label, skip)
+        if total != total:
+            return np.nan, False
+        if total < _UNDERFLOW:
+            top, total = _alpha_step_log(rows[(t - 1) % 2], row, log_probs, t, n, blank, labels, skip, m)
+            if top == _NEG_INF:
+                return _NEG_INF, True
+            m += top
+            at_risk = True
+        _scale(row, 1.0 / total)
+        scale += m + np.log(total)
+        if not at_risk and _states_at_risk(row, length, t, frames) > 0:
+            at_risk = True
+    last = rows[(frames - 1) % 2]
+    end = last[length] + (last[width - 1] if length > 0 else 0.0)
+    if not end > 0.0:
+        return _NEG_INF, True
+    return scale + np.log(end), at_risk
 
 
 @njit(**NJIT)
-def _beta_advance(log_probs, n, t, blank, labels, length, skip, next_b, cur_b, y_label, work):
-    """b[t] from b[t+1], normalised; returns the log of the factor divided out (``-inf``:
-    nothing survives, NaN: a NaN log-prob)."""
-    width = 2 * length + 1
-    m, y_blank = _emissions(log_probs, t + 1, n, blank, labels, length, y_label)
+def _beta_init(row, length):
+    row[:] = 0.0
+    row[length] = 1.0  # blank state s = L' - 1
+    if length > 0:
+        row[2 * length] = 1.0  # label state s = L' - 2
+
+
+@njit(**NJIT)
+def _beta_advance(log_probs, n, t, blank, labels, skip, next_b, cur, y_blank, y_label, m, work):
+    """b[t] from b[t+1] and frame t+1's emissions, normalised; returns the log of the factor
+    divided out (``-inf``: nothing survives, NaN: a NaN log-prob)."""
     if m == _NEG_INF:
         return _NEG_INF
-    total = _beta_step(next_b, cur_b, y_blank, y_label, skip, length)
+    total = _beta_step(next_b, cur, y_blank, y_label, skip)
     if total != total:
         return np.nan
     if total < _UNDERFLOW:
-        top, total = _beta_step_log(next_b, cur_b, log_probs, t + 1, n, blank, labels, skip, length, m, work)
+        top, total = _beta_step_log(next_b, cur, log_probs, t + 1, n, blank, labels, skip, m, work)
         if top == _NEG_INF:
             return _NEG_INF
         m += top
-    _scale_row(cur_b, width, 1.0 / total)
+    _scale(cur, 1.0 / total)
     return m + np.log(total)
 
 
 @njit(**NJIT)
-def _backward_log_likelihood(log_probs, n, frames, blank, labels, length, skip, rows, y_label, work):
-    """log P from the backward recursion alone (eqs. 10-11, 13); checks the forward one."""
-    width = 2 * length + 1
-    _beta_init(rows[(frames - 1) % 2], width, length)
+def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label, work):
+    """log P from the backward recursion alone (eqs. 10-11, 13), to check the forward one."""
+    length = labels.shape[0]
+    _beta_init(rows[(frames - 1) % 2], length)
     scale = 0.0
     for t in range(frames - 2, -1, -1):
-        step = _beta_advance(log_probs, n, t, blank, labels, length, skip, rows[(t + 1) % 2], rows[t % 2], y_label, work)
+        m, y_blank = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row)
+        step = _beta_advance(log_probs, n, t, blank, labels, skip, rows[(t + 1) % 2], rows[t % 2], y_blank, y_label, m, work)
         if not step > _NEG_INF:
             return step if step != step else _NEG_INF
         scale += step
     b0 = rows[0]
-    m, y_blank = _emissions(log_probs, 0, n, blank, labels, length, y_label)
-    start = y_blank * b0[0]
-    if length > 0:
-        start += y_label[0] * b0[1]
+    m, y_blank = _emissions(log_probs, 0, n, blank, labels, y_label, exp_row)
+    start = y_blank * b0[0] + (y_label[0] * b0[length + 1] if length > 0 else 0.0)
     if not start > 0.0:
         return _NEG_INF
     return scale + m + np.log(start)
@@ -341,36 +435,33 @@ def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, 
 
 
 @njit(**NJIT)
-def _gradient_pass(log_probs, n, frames, blank, labels, length, skip, alpha, log_scale, log_p,
-                   mode, grad, post, slot, scale, torch_grad, y_label, work, label_post):
+def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, log_scale, log_p, emit_blank, emit_label, emit_shift,
+                   mode, grad, post, slot, scale, torch_grad, work, label_post):
     """Backward recursion with the posterior scatter; False when eq. 14 fails at a frame."""
-    width = 2 * length + 1
-    rows = np.empty((2, width))
-    _beta_init(rows[(frames - 1) % 2], width, length)
+    length = labels.shape[0]
+    rows = np.empty((2, 2 * length + 1))
+    _beta_init(rows[(frames - 1) % 2], length)
     log_b_scale = 0.0
     for t in range(frames - 1, -1, -1):
         b_row = rows[t % 2]
         if t < frames - 1:
-            step = _beta_advance(log_probs, n, t, blank, labels, length, skip, rows[(t + 1) % 2], b_row, y_label, work)
+            step = _beta_advance(log_probs, n, t, blank, labels, skip, rows[(t + 1) % 2], b_row,
+                                 emit_blank[t + 1], emit_label[t + 1], emit_shift[t + 1], work)
             if not step > _NEG_INF:
                 return False
             log_b_scale += step
         a_row = alpha[t]
-        blank_mass = 0.0
-        for k in range(length + 1):
-            blank_mass += a_row[2 * k] * b_row[2 * k]
-        z = blank_mass
+        blank_mass = _dot(a_row[:length + 1], b_row[:length + 1])
+        a_label, b_label = a_row[length + 1:], b_row[length + 1:]
         for k in range(length):
-            v = a_row[2 * k + 1] * b_row[2 * k + 1]
-            label_post[k] = v
-            z += v
+            label_post[k] = a_label[k] * b_label[k]
+        z = blank_mass + _sum(label_post)
         if not z > 0.0:
             return False
         if abs(np.log(z) + log_scale[t] + log_b_scale - log_p) > _LOG_P_TOLERANCE:  # eq. 14
             return False
         inv_z = 1.0 / z
-        for k in range(length):
-            label_post[k] *= inv_z
+        _scale(label_post, inv_z)
         _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_mass * inv_z, label_post, torch_grad)
     return True
 
@@ -466,29 +557,38 @@ def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, bl
     if frames == 0:
         return 0.0, STATUS_OK  # empty input, empty target: the empty path, P = 1
     width = 2 * length + 1
-    skip = np.empty(max(length, 1))
+    skip = np.empty(length)
     _skip_weights(labels, length, skip)
-    y_label = np.empty(max(length, 1))
-    label_post = np.empty(max(length, 1))
+    y_label = np.empty(length)
+    label_post = np.empty(length)
     work = np.empty(width)
-    rows = frames if mode != GRAD_NONE else 2
-    alpha = np.empty((rows, width))
-    log_scale = np.empty(rows)
-    log_p = _alpha_pass(log_probs, n, frames, blank, labels, length, skip, alpha, log_scale, y_label)
-    if log_p != log_p:
-        if mode != GRAD_NONE:
-            _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
-        return np.nan, STATUS_OK
+    exp_row = np.empty(log_probs.shape[2])
     ok = False
-    if log_p > _NEG_INF:
-        if mode != GRAD_NONE:
-            ok = _gradient_pass(log_probs, n, frames, blank, labels, length, skip, alpha, log_scale, log_p,
-                                mode, grad, post, slot, scale, torch_grad, y_label, work, label_post)
-        else:
-            check = _backward_log_likelihood(log_probs, n, frames, blank, labels, length, skip, alpha, y_label, work)
+    if mode == GRAD_NONE:
+        rows = np.empty((2, width))
+        log_p, at_risk = _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label)
+        if log_p != log_p:
+            return np.nan, STATUS_OK
+        if log_p > _NEG_INF:
+            if not at_risk:
+                return -log_p, STATUS_OK
+            check = _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label, work)
             ok = abs(check - log_p) <= _LOG_P_TOLERANCE
-    # else: the rescaled pass found no surviving path; confirm in log space before calling
-    # the target infeasible (underflow must never fake an infinite loss).
+    else:
+        alpha = np.empty((frames, width))
+        log_scale = np.empty(frames)
+        emit_blank = np.empty(frames)
+        emit_shift = np.empty(frames)
+        emit_label = np.empty((frames, length))
+        log_p = _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, log_scale, emit_blank, emit_label, emit_shift, exp_row, y_label)
+        if log_p != log_p:
+            _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
+            return np.nan, STATUS_OK
+        if log_p > _NEG_INF:
+            ok = _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, log_scale, log_p, emit_blank, emit_label, emit_shift,
+                                mode, grad, post, slot, scale, torch_grad, work, label_post)
+    # A -inf from the rescaled pass (no surviving path) is confirmed in log space too:
+    # underflow must never fake an infinite loss.
     if ok:
         return -log_p, STATUS_OK
     if mode == GRAD_DENSE:
