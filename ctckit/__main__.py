@@ -54,7 +54,15 @@ def main(argv=None) -> int:
     example = commands.add_parser("example", help="the CTC loss on torch's documentation example, checked against torch")
     example.add_argument("--seed", type=int, default=0)
     example.set_defaults(run=_example)
-    args = parser.parse_args(argv)
+    bench = commands.add_parser("bench", help="speed and memory against torch, optax and TensorFlow", add_help=False)
+    bench.set_defaults(run=None)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.run(args)
 
 

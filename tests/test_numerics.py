@@ -84,3 +84,41 @@ def test_kernel_equals_brute_force(frames, classes):
                 assert got == np.inf
             else:
                 assert got == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_targets_spanning_many_blocks_match_reference(seed):
+    # Targets of 40-140 labels cross several blocks of states (ctckit._core.loss.BLOCK);
+    # repeats, masked classes, peaky frames and ragged lengths all meet the boundaries.
+    from ctckit._core.loss import BLOCK
+
+    rng = np.random.default_rng(seed)
+    batch, classes, blank = 3, int(rng.integers(3, 40)), int(rng.integers(0, 3))
+    non_blank = [c for c in range(classes) if c != blank]
+    labels = []
+    for _ in range(batch):
+        seq = [int(rng.choice(non_blank))]
+        while len(seq) < int(rng.integers(BLOCK + 8, 4 * BLOCK + 12)):
+            seq.append(seq[-1] if rng.random() < 0.25 else int(rng.choice(non_blank)))
+        labels.append(seq)
+    needed = [len(l) + sum(a == b for a, b in zip(l, l[1:])) for l in labels]
+    input_lengths = np.array([n + int(rng.integers(0, 3 * BLOCK)) for n in needed])
+    input_lengths[-1] = needed[-1] - 1  # one infeasible item
+    frames = int(input_lengths.max())
+    scale = [1.0, 4.0, 30.0][seed % 3]
+    lp = log_softmax(scale * rng.standard_normal((frames, batch, classes)))
+    if seed % 2:
+        lp[rng.random(lp.shape) < 0.05] = -np.inf  # masked entries, some on needed labels
+    padded = np.zeros((batch, max(map(len, labels))), dtype=np.int64)
+    for n, seq in enumerate(labels):
+        padded[n, : len(seq)] = seq
+    target_lengths = [len(l) for l in labels]
+    loss, grad = cn.ctc_loss_and_grad(lp, padded, input_lengths, target_lengths, blank, reduction="none")
+    loss_only = cn.ctc_loss(lp, padded, input_lengths, target_lengths, blank, reduction="none")
+    expected = ref.batch_nll(lp, labels, input_lengths, blank)
+    assert np.isinf(expected[-1])
+    np.testing.assert_array_equal(np.isinf(loss), np.isinf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(loss[finite], expected[finite], rtol=1e-10)
+    np.testing.assert_allclose(loss_only[finite], expected[finite], rtol=1e-10)
+    np.testing.assert_allclose(grad, ref.batch_grad(lp, labels, input_lengths, blank), atol=1e-9)

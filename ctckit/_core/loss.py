@@ -21,18 +21,25 @@ PyTorch's kernel returns ``y[t, k]`` minus that instead, the gradient w.r.t. the
 of a softmax; the ``torch_grad`` flag reproduces it.
 
 Numerics. Each item is computed in *rescaled probability space* with float64
-accumulators: frame ``t``'s emissions are divided by their largest value among the
-states, ``exp(log y - m_t)``, and each alpha (and b) row is normalised to sum to one,
-its log-scale accumulated separately (Graves 2006, section 4.1 and eq. 9). That is a few
-multiply-adds per cell instead of a log-sum-exp. Two guards keep it exact:
+accumulators (Graves 2006, section 4.1 and eq. 9): frame ``t``'s emissions are divided by
+their largest value among the states, ``exp(log y - m_t)``, and the states are cut into
+blocks of ``BLOCK`` labels, each block normalised to sum to one with its own log-scale.
+That is a few multiply-adds per cell instead of a log-sum-exp. One scale per row is not
+enough: over long inputs the forward mass runs far ahead of where the complete paths are
+(at T = 10^4, S = 2000, the states that matter sit 1e-308 below the row's largest); per
+block, neighbouring states never differ by that much. Only the states that are reachable
+from the start and can still reach the end (a band) are computed. Three guards keep the
+result exact:
 
-1. a frame whose normalising sum underflows (peaky inputs: log-probs of -1e4) is
+1. a block whose normalising sum underflows (peaky inputs: log-probs of -1e4) is
    recomputed in log space from the previous, normalised row;
-2. rescaling flushes states far below a row's largest (relative 1e-308) to zero; that is
-   harmless unless the *future* later favours them. Eq. 14 detects it: the gradient
-   pass checks that ``log sum_s alpha b`` plus the scales equals ``log P`` at every frame,
-   the loss-only pass that the forward and the backward likelihoods agree. An item
-   that fails is recomputed by the plain log-space kernel, :func:`_log_space_item`.
+2. a state that can still matter but fell below 1e-300 of its block may have lost
+   precision: the loss-only pass then checks its likelihood against the backward one;
+3. the gradient pass checks eq. 14, that ``log sum_s alpha b`` plus the scales equals
+   ``log P`` at every frame.
+
+An item that fails a check is recomputed by the plain log-space kernel,
+:func:`_log_space_item`.
 
 Reference: A. Graves, S. Fernandez, F. Gomez, J. Schmidhuber. Connectionist Temporal
 Classification: Labelling Unsegmented Sequence Data with Recurrent Neural Networks.
@@ -43,13 +50,20 @@ import numpy as np
 from numba import njit, prange
 
 from .config import NJIT, PARALLEL, REDUCE
+from .vexp import vexp_shifted
+from .vexp import vexp_shifted
 
 _NEG_INF = -np.inf
+BLOCK = 32
+"""Labels per block of states sharing one log-scale (2 * BLOCK states)."""
 _UNDERFLOW = 1e-280
-"""A frame whose normalising sum falls below this is recomputed in log space."""
+"""A block whose normalising sum falls below this is recomputed in log space."""
+_TINY = 1e-290
+"""A state of a normalised block below this may have lost precision to underflow (a flushed
+neighbour contributes at most 1e-308 / _TINY of it)."""
 _LOG_P_TOLERANCE = 1e-7
 """Largest |log P_t - log P| (nats) accepted from the rescaled pass; above it the item is
-recomputed in log space. Float64 rounding over T=10^4 frames stays below 1e-9."""
+recomputed in log space. Float64 rounding over T = 10^4 frames stays below 1e-9."""
 
 STATUS_OK = 0
 STATUS_RECOMPUTED = 1
@@ -87,13 +101,6 @@ def _log_emission(log_probs, t, n, blank, labels, s):
     return np.float64(log_probs[t, n, labels[(s - 1) // 2]])
 
 
-# ---------------------------------------------------------------------------------------
-# Rescaled probability space. A row of L' states is kept *split*: ``row[:L+1]`` holds the
-# blank states s = 2k, ``row[L+1:]`` the label states s = 2k + 1, so that every
-# recursion below is a unit-stride loop that vectorises.
-# ---------------------------------------------------------------------------------------
-
-
 @njit(**REDUCE)
 def _sum(row):
     total = 0.0
@@ -110,14 +117,6 @@ def _dot(a, b):
     return total
 
 
-@njit(**REDUCE)
-def _count_below(row, lo, hi, threshold):
-    count = 0
-    for i in range(lo, hi):
-        count += row[i] < threshold
-    return count
-
-
 @njit(**NJIT)
 def _scale(row, factor):
     for i in range(row.shape[0]):
@@ -125,292 +124,459 @@ def _scale(row, factor):
 
 
 @njit(**NJIT)
-def _emissions(log_probs, t, n, blank, labels, y_label, exp_row):
+def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch):
     """Frame ``t``'s emissions of the blank and of each label, shifted by their max ``m``.
 
     Writes ``y_label[k] = exp(log y[t, l_k] - m)``; returns ``(m, exp(log y[t, blank] - m))``.
     With fewer classes than labels, the class row is exponentiated once (``exp_row``) and
-    gathered: ``min(C, L + 1)`` exps per frame. ``m`` is ``-inf`` when every needed class
-    is masked, NaN when one is NaN.
+    gathered: ``min(C, L + 1)`` exps per frame, vectorised (:mod:`.vexp`). ``m`` is
+    ``-inf`` when every needed class is masked, NaN when the blank is NaN (a NaN label
+    gives a NaN emission).
     """
     length = y_label.shape[0]
     log_blank = np.float64(log_probs[t, n, blank])
     m = log_blank
     for k in range(length):
         v = np.float64(log_probs[t, n, labels[k]])
+        gathered[k] = v
         if v > m:
             m = v
     if m == _NEG_INF:
         return m, 0.0
-    classes = exp_row.shape[0]
-    if classes < length + 1:
-        for c in range(classes):
-            exp_row[c] = np.exp(np.float64(log_probs[t, n, c]) - m)  # may be inf for unused c
+    if exp_row.shape[0] < length + 1:
+        vexp_shifted(log_probs[t, n], m, exp_row, scratch)  # entries of unused classes may be clamped
         for k in range(length):
             y_label[k] = exp_row[labels[k]]
         return m, exp_row[blank]
-    for k in range(length):
-        y_label[k] = np.exp(np.float64(log_probs[t, n, labels[k]]) - m)
+    vexp_shifted(gathered[:length], m, y_label, scratch)
     return m, np.exp(log_blank - m)
 
 
-@njit(**NJIT)
-def _alpha_step(prev, new, y_blank, y_label, skip):
-    """Eq. 6: alpha[t, s] = (alpha[t-1, s] + alpha[t-1, s-1] [+ alpha[t-1, s-2]]) y[t, l'_s].
+# ---------------------------------------------------------------------------------------
+# Rows of L' states are kept *split*: ``row[:L+1]`` holds the blank states s = 2k,
+# ``row[L+1:]`` the label states s = 2k + 1, so that the recursions are unit-stride loops
+# that vectorise. Block j holds the blank and label states with k in [j BLOCK, (j+1) BLOCK);
+# ``scales[j]`` is its log-scale, -inf for a block of zeros.
+# ---------------------------------------------------------------------------------------
 
-    Split rows; the third term only for a label state whose label differs from the
-    previous one (eq. 7). Returns the sum of ``new``.
+
+@njit(**NJIT)
+def _num_blocks(length):
+    return length // BLOCK + 1
+
+
+@njit(**NJIT)
+def _block(j, length):
+    """(k0, blank end, label end) of block j; the ends are exclusive."""
+    k0 = j * BLOCK
+    return k0, min(k0 + BLOCK, length + 1), min(k0 + BLOCK, length)
+
+
+@njit(**NJIT)
+def _band(t, frames, length):
+    """First and last block holding a state that is reachable at frame t (s <= 2t + 1) and
+    can still reach the end by frame ``frames - 1`` (s >= L' - 2 - 2 (frames - 1 - t))."""
+    width = 2 * length + 1
+    hi = min(width - 1, 2 * t + 1)
+    lo = max(0, width - 2 - 2 * (frames - 1 - t))
+    return (lo // 2) // BLOCK, (hi // 2) // BLOCK
+
+
+@njit(**NJIT)
+def _clear_block(row, scales, j, length):
+    k0, kb, kl = _block(j, length)
+    row[k0:kb] = 0.0
+    row[length + 1 + k0:length + 1 + kl] = 0.0
+    scales[j] = _NEG_INF
+
+
+@njit(**NJIT)
+def _finish_block(row, scales, j, length, base, total):
+    """Normalise block j to sum one; its log-scale becomes ``base + log(total)``."""
+    k0, kb, kl = _block(j, length)
+    inv = 1.0 / total
+    _scale(row[k0:kb], inv)
+    _scale(row[length + 1 + k0:length + 1 + kl], inv)
+    scales[j] = base + np.log(total)
+
+
+@njit(**NJIT)
+def _block_sum(row, j, length):
+    k0, kb, kl = _block(j, length)
+    return _sum(row[k0:kb]) + _sum(row[length + 1 + k0:length + 1 + kl])
+
+
+@njit(**NJIT)
+def _log_carry(prev_l, prev_scales, j, k0):
+    """log of the value block j reads from block j - 1 (its last label state)."""
+    if j == 0 or not prev_l[k0 - 1] > 0.0:
+        return _NEG_INF
+    return prev_scales[j - 1] + np.log(prev_l[k0 - 1])
+
+
+@njit(**NJIT)
+def _alpha_block(prev, prev_scales, new, j, y_blank, y_label, skip):
+    """Eq. 6 for block j: alpha[t, s] = (alpha[t-1, s] + alpha[t-1, s-1] [+ alpha[t-1, s-2]]) y.
+
+    Values are relative to ``base``, the larger of the block's own scale and the log of
+    the one value read across the boundary (the previous block's last label). Returns
+    ``(base, sum of the block)``; ``base`` is -inf when both blocks were zero.
     """
     length = y_label.shape[0]
+    k0, kb, kl = _block(j, length)
     prev_b, prev_l = prev[:length + 1], prev[length + 1:]
     new_b, new_l = new[:length + 1], new[length + 1:]
-    new_b[0] = prev_b[0] * y_blank
-    for k in range(1, length + 1):
-        new_b[k] = (prev_b[k] + prev_l[k - 1]) * y_blank
-    if length > 0:
-        new_l[0] = (prev_l[0] + prev_b[0]) * y_label[0]
-    for k in range(1, length):
-        new_l[k] = (prev_l[k] + prev_b[k] + skip[k] * prev_l[k - 1]) * y_label[k]
-    return _sum(new)
+    own, log_carry = prev_scales[j], _log_carry(prev_l, prev_scales, j, k0)
+    base = max(own, log_carry)
+    if base == _NEG_INF:
+        return base, 0.0
+    f_own = np.exp(own - base)
+    carry = np.exp(log_carry - base)
+    yb = y_blank * f_own
+    new_b[k0] = prev_b[k0] * yb + carry * y_blank
+    for k in range(k0 + 1, kb):
+        new_b[k] = (prev_b[k] + prev_l[k - 1]) * yb
+    if k0 < length:
+        new_l[k0] = ((prev_l[k0] + prev_b[k0]) * f_own + skip[k0] * carry) * y_label[k0]
+        for k in range(k0 + 1, kl):
+            new_l[k] = (prev_l[k] + prev_b[k] + skip[k] * prev_l[k - 1]) * (y_label[k] * f_own)
+    return base, _block_sum(new, j, length)
 
 
 @njit(**NJIT)
-def _alpha_step_log(prev, new, log_probs, t, n, blank, labels, skip, m):
-    """Eq. 6 in log space, for a frame whose rescaled sum underflowed.
+def _alpha_block_log(prev, prev_scales, new, j, log_probs, t, n, blank, labels, skip, m):
+    """:func:`_alpha_block` in log space, for a block whose rescaled sum underflowed.
 
-    ``prev`` is a normalised probability row; ``new`` receives ``exp(log alpha - M)``.
-    Returns ``(M, sum of new)``; ``M`` is ``-inf`` when no state is reachable.
+    ``new`` receives ``exp(log alpha - top)`` (emissions shifted by ``m``); returns
+    ``(base + top, sum of the block)``, the first -inf when no state is reachable.
     """
     length = labels.shape[0]
+    k0, kb, kl = _block(j, length)
     prev_b, prev_l = prev[:length + 1], prev[length + 1:]
+    new_b, new_l = new[:length + 1], new[length + 1:]
+    own, log_carry = prev_scales[j], _log_carry(prev_l, prev_scales, j, k0)
+    base = max(own, log_carry)
+    f_own = np.exp(own - base)
+    carry = np.exp(log_carry - base)
     log_blank = np.float64(log_probs[t, n, blank]) - m
-    for k in range(length + 1):
-        v = prev_b[k] + (prev_l[k - 1] if k > 0 else 0.0)
-        new[k] = np.log(v) + log_blank if v > 0.0 else _NEG_INF
-    for k in range(length):
-        v = prev_l[k] + prev_b[k] + (skip[k] * prev_l[k - 1] if k > 0 else 0.0)
-        new[length + 1 + k] = np.log(v) + (np.float64(log_probs[t, n, labels[k]]) - m) if v > 0.0 else _NEG_INF
-    top = new.max()
+    top = _NEG_INF
+    for k in range(k0, kb):
+        v = prev_b[k] * f_own + (prev_l[k - 1] * f_own if k > k0 else carry)
+        new_b[k] = np.log(v) + log_blank if v > 0.0 else _NEG_INF
+        top = max(top, new_b[k])
+    for k in range(k0, kl):
+        left_label = prev_l[k - 1] * f_own if k > k0 else carry
+        v = (prev_l[k] + prev_b[k]) * f_own + skip[k] * left_label
+        new_l[k] = np.log(v) + (np.float64(log_probs[t, n, labels[k]]) - m) if v > 0.0 else _NEG_INF
+        top = max(top, new_l[k])
     if top == _NEG_INF:
         return top, 0.0
-    for i in range(new.shape[0]):
-        new[i] = np.exp(new[i] - top)
-    return top, _sum(new)
+    for k in range(k0, kb):
+        new_b[k] = np.exp(new_b[k] - top)
+    for k in range(k0, kl):
+        new_l[k] = np.exp(new_l[k] - top)
+    return base + top, _block_sum(new, j, length)
 
 
 @njit(**NJIT)
-def _beta_step(next_b, cur, y_blank, y_label, skip):
-    """Eqs. 10-11 without frame t's own emission, on split rows:
+def _alpha_row(prev, prev_scales, new, new_scales, t, frames, y_blank, y_label, m, skip, log_probs, n, blank, labels):
+    """One frame of the forward recursion over the band's blocks; the others are cleared.
 
-    b[t, s] = w(s) + w(s+1) [+ w(s+2)],  w(s') = y[t+1, l'_s'] b[t+1, s'].
-
-    ``y_*`` are frame t+1's emissions. Returns the sum of ``cur``.
-    """
-    length = y_label.shape[0]
-    nb, nl = next_b[:length + 1], next_b[length + 1:]
-    cb, cl = cur[:length + 1], cur[length + 1:]
-    for k in range(length):
-        cb[k] = y_blank * nb[k] + y_label[k] * nl[k]
-    cb[length] = y_blank * nb[length]
-    for k in range(length - 1):
-        cl[k] = y_label[k] * nl[k] + y_blank * nb[k + 1] + skip[k + 1] * y_label[k + 1] * nl[k + 1]
-    if length > 0:
-        cl[length - 1] = y_label[length - 1] * nl[length - 1] + y_blank * nb[length]
-    return _sum(cur)
-
-
-@njit(**NJIT)
-def _beta_step_log(next_b, cur, log_probs, t_next, n, blank, labels, skip, m, work):
-    """:func:`_beta_step` in log space for a frame whose rescaled sum underflowed.
-
-    Returns ``(M, sum of cur)`` with ``cur`` holding ``b / exp(M)``.
+    Returns 1 when some state survives, 0 when none does, -1 for a NaN.
     """
     length = labels.shape[0]
-    log_blank = np.float64(log_probs[t_next, n, blank]) - m
-    for i in range(length + 1):
-        work[i] = np.log(next_b[i]) + log_blank if next_b[i] > 0.0 else _NEG_INF
-    for k in range(length):
-        b = next_b[length + 1 + k]
-        work[length + 1 + k] = np.log(b) + (np.float64(log_probs[t_next, n, labels[k]]) - m) if b > 0.0 else _NEG_INF
-    top = work.max()
-    if top == _NEG_INF:
-        return top, 0.0
-    for i in range(work.shape[0]):
-        work[i] = np.exp(work[i] - top)
-    # work now holds w(s) / exp(M) in split layout; combine as in _beta_step with y = 1.
-    wb, wl = work[:length + 1], work[length + 1:]
-    cb, cl = cur[:length + 1], cur[length + 1:]
-    for k in range(length):
-        cb[k] = wb[k] + wl[k]
-    cb[length] = wb[length]
-    for k in range(length - 1):
-        cl[k] = wl[k] + wb[k + 1] + skip[k + 1] * wl[k + 1]
-    if length > 0:
-        cl[length - 1] = wl[length - 1] + wb[length]
-    return top, _sum(cur)
-
-
-_TINY = 1e-300
-"""A state of a normalised row below this may have lost precision to underflow."""
+    first, last = _band(t, frames, length)
+    alive = 0
+    for j in range(_num_blocks(length)):
+        if j < first or j > last:
+            _clear_block(new, new_scales, j, length)
+            continue
+        base, total = _alpha_block(prev, prev_scales, new, j, y_blank, y_label, skip)
+        if total != total:
+            return -1
+        if total < _UNDERFLOW and base > _NEG_INF:
+            base, total = _alpha_block_log(prev, prev_scales, new, j, log_probs, t, n, blank, labels, skip, m)
+        if total > 0.0:
+            _finish_block(new, new_scales, j, length, base + m, total)
+            alive = 1
+        else:
+            _clear_block(new, new_scales, j, length)
+    return alive
 
 
 @njit(**NJIT)
-def _states_at_risk(row, length, t, frames):
-    """How many states that can still reach the end at frame ``frames - 1`` hold less than
-    ``_TINY``: zero means no relevant path lost precision at frame ``t`` (checked from
-    states s in [L' - 2 - 2 (frames - 1 - t), 2t + 1])."""
-    width = 2 * length + 1
-    lo = max(0, width - 2 - 2 * (frames - 1 - t))
-    hi = min(width - 1, 2 * t + 1)
-    if lo > hi:
-        return 0
-    # blank states s = 2k with lo <= s <= hi; label states s = 2k + 1 likewise
-    at_risk = _count_below(row, (lo + 1) // 2, hi // 2 + 1, _TINY)
-    return at_risk + _count_below(row, length + 1 + lo // 2, length + 1 + (hi - 1) // 2 + 1, _TINY)
-
-
-@njit(**NJIT)
-def _alpha_first_row(row, log_probs, n, blank, labels):
-    """Eq. 7's initial row, shifted by its own max. Returns ``(shift, sum of row)``."""
+def _alpha_first_row(row, scales, log_probs, n, blank, labels):
+    """Eq. 7's initial row (block 0 only). Returns 1, 0 (no state) or -1 (NaN)."""
     length = labels.shape[0]
+    row[:] = 0.0
+    scales[:] = _NEG_INF
     log_blank = np.float64(log_probs[0, n, blank])
     log_label = np.float64(log_probs[0, n, labels[0]]) if length > 0 else _NEG_INF
+    if log_blank != log_blank or log_label != log_label:
+        return -1
     top = max(log_blank, log_label)
-    row[:] = 0.0
-    if top == _NEG_INF or top != top:
-        return top, 0.0
+    if top == _NEG_INF:
+        return 0
     row[0] = np.exp(log_blank - top)
     if length > 0:
         row[length + 1] = np.exp(log_label - top)
-    return top, _sum(row)
+    _finish_block(row, scales, 0, length, top, _block_sum(row, 0, length))
+    return 1
 
 
 @njit(**NJIT)
-def _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, log_scale, emit_blank, emit_label, emit_shift, exp_row, y_label):
-    """Rescaled forward recursion (eqs. 6-7), every row kept: row ``t`` of ``alpha`` sums to
-    one, ``log_scale[t]`` is the log of what was divided out up to ``t``. Frame t's
-    emissions are kept in ``emit_*`` for the backward pass.
+def _end_log_likelihood(row, scales, length):
+    """Eq. 8: log(alpha[T-1, L'-1] + alpha[T-1, L'-2])."""
+    log_p = np.log(row[length]) + scales[length // BLOCK] if row[length] > 0.0 else _NEG_INF
+    if length > 0 and row[2 * length] > 0.0:
+        v = np.log(row[2 * length]) + scales[(length - 1) // BLOCK]
+        log_p = _logaddexp(log_p, v)
+    return log_p
 
-    Returns ``log P`` (eq. 8): ``-inf`` when no path survives, NaN for a NaN log-prob.
+
+@njit(**REDUCE)
+def _count_flushed(new, prev_a, prev_b, prev_c, allowed, lo, hi):
+    """States i in [lo, hi) whose value is below _TINY although a predecessor is positive
+    and the emission is possible (``allowed``, log-prob > -inf)."""
+    count = 0
+    for i in range(lo, hi):
+        pred = prev_a[i] + prev_b[i] + prev_c[i]
+        count += (new[i] < _TINY) & (pred > 0.0) & allowed[i]
+    return count
+
+
+@njit(**NJIT)
+def _row_at_risk(prev, row, t, frames, log_blank, log_labels, skip, shifted, allowed):
+    """Whether a state that may still reach the end lost precision at frame t: it holds less
+    than ``_TINY`` of its block although its true value is positive (a positive predecessor
+    and a finite log-prob). Exact zeros (unreachable states, masked classes) are not risks.
+
+    ``shifted`` (3 x (L + 1)) and ``allowed`` are work buffers.
     """
-    length = labels.shape[0]
+    length = log_labels.shape[0]
     width = 2 * length + 1
-    scale = 0.0
+    lo = max(0, width - 2 - 2 * (frames - 1 - t))
+    hi = min(width - 1, 2 * t + 1)
+    prev_b, prev_l = prev[:length + 1], prev[length + 1:]
+    # blank states s = 2k, lo <= s <= hi: predecessors s (blank k) and s - 1 (label k - 1)
+    k_lo, k_hi = (lo + 1) // 2, hi // 2 + 1
+    if log_blank > _NEG_INF and k_lo < k_hi:
+        zeros, left = shifted[0], shifted[1]
+        zeros[:] = 0.0
+        left[0] = 0.0
+        left[1:length + 1] = prev_l
+        allowed[:] = True
+        if _count_flushed(row[:length + 1], prev_b, left, zeros, allowed, k_lo, k_hi) > 0:
+            return True
+    # label states s = 2k + 1: predecessors label k, blank k, label k - 1 when skipping
+    k_lo, k_hi = lo // 2, min((hi - 1) // 2 + 1, length)
+    if k_lo < k_hi:
+        left = shifted[1]
+        left[0] = 0.0
+        for k in range(1, length):
+            left[k] = skip[k] * prev_l[k - 1]
+        for k in range(length):
+            allowed[k] = log_labels[k] > _NEG_INF
+        return _count_flushed(row[length + 1:], prev_l, prev_b[:length], left[:length], allowed[:length], k_lo, k_hi) > 0
+    return False
+
+
+@njit(**NJIT)
+def _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, emit_blank, emit_label, emit_shift, exp_row, gathered, scratch):
+    """The forward recursion (eqs. 6-7) keeping every row: ``alpha[t]`` block-normalised,
+    ``scales[t]`` its log-scales. Frame t's emissions are kept in ``emit_*`` for the
+    backward pass. Returns ``log P`` (eq. 8): -inf when no path survives, NaN for a NaN."""
+    length = labels.shape[0]
     for t in range(frames):
-        m, y_blank = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row)
+        m, y_blank = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row, gathered, scratch)
         emit_blank[t], emit_shift[t] = y_blank, m
+        if m != m:
+            return np.nan
         if m == _NEG_INF:
             return _NEG_INF
         if t == 0:
-            m, total = _alpha_first_row(alpha[0], log_probs, n, blank, labels)
-            if m != m:
-                return np.nan
-            if m == _NEG_INF:
-                return _NEG_INF
+            state = _alpha_first_row(alpha[0], scales[0], log_probs, n, blank, labels)
         else:
-            total = _alpha_step(alpha[t - 1], alpha[t], y_blank, emit_label[t], skip)
-        if total != total:
+            state = _alpha_row(alpha[t - 1], scales[t - 1], alpha[t], scales[t], t, frames, y_blank, emit_label[t], m, skip, log_probs, n, blank, labels)
+        if state < 0:
             return np.nan
-        if total < _UNDERFLOW:
-            top, total = _alpha_step_log(alpha[t - 1], alpha[t], log_probs, t, n, blank, labels, skip, m)
-            if top == _NEG_INF:
-                return _NEG_INF
-            m += top
-        _scale(alpha[t], 1.0 / total)
-        scale += m + np.log(total)
-        log_scale[t] = scale
-    last = alpha[frames - 1]
-    end = last[length] + (last[width - 1] if length > 0 else 0.0)
-    if not end > 0.0:
-        return _NEG_INF
-    return scale + np.log(end)
+        if state == 0:
+            return _NEG_INF
+    return _end_log_likelihood(alpha[frames - 1], scales[frames - 1], length)
 
 
 @njit(**NJIT)
-def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label):
-    """:func:`_alpha_pass` with two rolling rows and emissions computed on the fly, for the
-    loss alone. Returns ``(log P, at_risk)``: ``at_risk`` is False when no state that can
-    still reach the end ever fell below ``_TINY`` (then no relevant path was lost)."""
+def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch):
+    """:func:`_alpha_pass` on two rolling rows, for the loss alone. Returns
+    ``(log P, at_risk)``: ``at_risk`` is False when no state that may reach the end ever
+    fell below ``_TINY`` of its block (then no relevant path lost precision)."""
     length = labels.shape[0]
-    width = 2 * length + 1
-    scale = 0.0
     at_risk = False
+    shifted = np.empty((2, length + 1))
+    allowed = np.empty(length + 1, dtype=np.bool_)
     for t in range(frames):
-        m, y_blank = _emissions(log_probs, t, n, blank, labels, y_label, exp_row)
+        m, y_blank = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch)
+        if m != m:
+            return np.nan, False
         if m == _NEG_INF:
             return _NEG_INF, True
-        row = rows[t % 2]
+        row, row_scales = rows[t % 2], scales[t % 2]
         if t == 0:
-            m, total = _alpha_first_row(row, log_probs, n, blank, labels)
-            if m != m:
-                return np.nan, False
-            if m == _NEG_INF:
-                return _NEG_INF, True
+            state = _alpha_first_row(row, row_scales, log_probs, n, blank, labels)
         else:
-            total = _alpha_step(rows[(t - 1) % 2], row, y_blank, y_label, skip)
-        if total != total:
+            state = _alpha_row(rows[(t - 1) % 2], scales[(t - 1) % 2], row, row_scales, t, frames, y_blank, y_label, m, skip, log_probs, n, blank, labels)
+        if state < 0:
             return np.nan, False
-        if total < _UNDERFLOW:
-            top, total = _alpha_step_log(rows[(t - 1) % 2], row, log_probs, t, n, blank, labels, skip, m)
-            if top == _NEG_INF:
-                return _NEG_INF, True
-            m += top
-            at_risk = True
-        _scale(row, 1.0 / total)
-        scale += m + np.log(total)
-        if not at_risk and _states_at_risk(row, length, t, frames) > 0:
-            at_risk = True
-    last = rows[(frames - 1) % 2]
-    end = last[length] + (last[width - 1] if length > 0 else 0.0)
-    if not end > 0.0:
-        return _NEG_INF, True
-    return scale + np.log(end), at_risk
+        if state == 0:
+            return _NEG_INF, True
+        if t > 0 and not at_risk:
+            at_risk = _row_at_risk(rows[(t - 1) % 2], row, t, frames, np.float64(log_probs[t, n, blank]), gathered, skip, shifted, allowed)
+    return _end_log_likelihood(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length), at_risk
 
 
 @njit(**NJIT)
-def _beta_init(row, length):
+def _beta_block(next_b, next_scales, cur, j, y_blank, y_label, skip):
+    """Eqs. 10-11 without frame t's own emission, for block j:
+    b[t, s] = w(s) + w(s+1) [+ w(s+2)],  w(s') = y[t+1, l'_s'] b[t+1, s'].
+
+    ``y_*`` are frame t+1's emissions. Values are relative to ``base``, the larger of the
+    block's own scale and the log of what its last label reads from block j + 1 (that
+    block's first blank and label). Returns ``(base, sum of the block)``.
+    """
+    length = y_label.shape[0]
+    k0, kb, kl = _block(j, length)
+    nb, nl = next_b[:length + 1], next_b[length + 1:]
+    cb, cl = cur[:length + 1], cur[length + 1:]
+    # the value read across the boundary: the next block's first blank and label, seen
+    # from this block's last label
+    log_cross = _NEG_INF
+    if kl == kb and kl <= length and j + 1 < next_scales.shape[0]:
+        cross = y_blank * nb[kl] + (skip[kl] * y_label[kl] * nl[kl] if kl < length else 0.0)
+        if cross > 0.0:
+            log_cross = next_scales[j + 1] + np.log(cross)
+    own = next_scales[j]
+    base = max(own, log_cross)
+    if base == _NEG_INF:
+        return base, 0.0
+    f_own = np.exp(own - base)
+    yb = y_blank * f_own
+    for k in range(k0, min(kb, length)):
+        cb[k] = yb * nb[k] + y_label[k] * nl[k] * f_own
+    if kb == length + 1:
+        cb[length] = yb * nb[length]
+    for k in range(k0, kl - 1):
+        cl[k] = (y_label[k] * nl[k] + y_blank * nb[k + 1] + skip[k + 1] * y_label[k + 1] * nl[k + 1]) * f_own
+    if kl > k0:
+        k = kl - 1
+        if kl < kb:  # the next state is the final blank, in this block
+            cl[k] = (y_label[k] * nl[k] + y_blank * nb[k + 1]) * f_own
+        else:  # the next states open block j + 1
+            cl[k] = y_label[k] * nl[k] * f_own + np.exp(log_cross - base)
+    return base, _block_sum(cur, j, length)
+
+
+@njit(**NJIT)
+def _beta_block_log(next_b, next_scales, cur, j, log_probs, t_next, n, blank, labels, skip, m, work):
+    """:func:`_beta_block` in log space for a block whose rescaled sum underflowed.
+    Returns ``(base + top, sum of the block)`` with the block holding ``b / exp(top)``."""
+    length = labels.shape[0]
+    k0, kb, kl = _block(j, length)
+    own = next_scales[j]
+    right = next_scales[j + 1] if j + 1 < next_scales.shape[0] else _NEG_INF
+    base = max(own, right)
+    log_own, log_right = own - base, right - base
+    log_blank = np.float64(log_probs[t_next, n, blank]) - m
+    # work holds log w(s') for the block's states and the next block's first two:
+    # [blank k0 .. blank min(kb, L+1) + 1) then labels, split as in the rows.
+    top = _NEG_INF
+    hi_b = min(kb + 1, length + 1)
+    hi_l = min(kl + 1, length)
+    for k in range(k0, hi_b):  # blank kb, if any, opens block j + 1
+        b = next_b[k]
+        work[k] = np.log(b) + log_blank + (log_own if k < kb else log_right) if b > 0.0 else _NEG_INF
+        top = max(top, work[k])
+    for k in range(k0, hi_l):  # label kl, if any, opens block j + 1
+        b = next_b[length + 1 + k]
+        log_label = np.float64(log_probs[t_next, n, labels[k]]) - m
+        work[length + 1 + k] = np.log(b) + log_label + (log_own if k < kl else log_right) if b > 0.0 else _NEG_INF
+        top = max(top, work[length + 1 + k])
+    if top == _NEG_INF:
+        return top, 0.0
+    for k in range(k0, hi_b):
+        work[k] = np.exp(work[k] - top)
+    for k in range(k0, hi_l):
+        work[length + 1 + k] = np.exp(work[length + 1 + k] - top)
+    wb, wl = work[:length + 1], work[length + 1:]
+    cb, cl = cur[:length + 1], cur[length + 1:]
+    for k in range(k0, kb):
+        cb[k] = wb[k] + (wl[k] if k < length else 0.0)
+    for k in range(k0, kl):
+        v = wl[k] + (wb[k + 1] if k + 1 <= length else 0.0)
+        if k + 1 < length:
+            v += skip[k + 1] * wl[k + 1]
+        cl[k] = v
+    return base + top, _block_sum(cur, j, length)
+
+
+@njit(**NJIT)
+def _beta_row(next_b, next_scales, cur, cur_scales, t, frames, y_blank, y_label, m, skip, log_probs, n, blank, labels, work):
+    """b[t] from b[t+1] and frame t+1's emissions over the band's blocks.
+    Returns 1 when some state survives, 0 when none does, -1 for a NaN."""
+    length = labels.shape[0]
+    first, last = _band(t, frames, length)
+    alive = 0
+    for j in range(_num_blocks(length)):
+        if j < first or j > last:
+            _clear_block(cur, cur_scales, j, length)
+            continue
+        base, total = _beta_block(next_b, next_scales, cur, j, y_blank, y_label, skip)
+        if total != total:
+            return -1
+        if total < _UNDERFLOW and base > _NEG_INF:
+            base, total = _beta_block_log(next_b, next_scales, cur, j, log_probs, t + 1, n, blank, labels, skip, m, work)
+        if total > 0.0:
+            _finish_block(cur, cur_scales, j, length, base + m, total)
+            alive = 1
+        else:
+            _clear_block(cur, cur_scales, j, length)
+    return alive
+
+
+@njit(**NJIT)
+def _beta_init(row, scales, length):
+    """b[T-1]: one at the two final states, blocks normalised."""
     row[:] = 0.0
+    scales[:] = _NEG_INF
     row[length] = 1.0  # blank state s = L' - 1
     if length > 0:
         row[2 * length] = 1.0  # label state s = L' - 2
+    last_blank_block = length // BLOCK
+    _finish_block(row, scales, last_blank_block, length, 0.0, _block_sum(row, last_blank_block, length))
+    if length > 0 and (length - 1) // BLOCK != last_blank_block:
+        j = (length - 1) // BLOCK
+        _finish_block(row, scales, j, length, 0.0, _block_sum(row, j, length))
 
 
 @njit(**NJIT)
-def _beta_advance(log_probs, n, t, blank, labels, skip, next_b, cur, y_blank, y_label, m, work):
-    """b[t] from b[t+1] and frame t+1's emissions, normalised; returns the log of the factor
-    divided out (``-inf``: nothing survives, NaN: a NaN log-prob)."""
-    if m == _NEG_INF:
-        return _NEG_INF
-    total = _beta_step(next_b, cur, y_blank, y_label, skip)
-    if total != total:
-        return np.nan
-    if total < _UNDERFLOW:
-        top, total = _beta_step_log(next_b, cur, log_probs, t + 1, n, blank, labels, skip, m, work)
-        if top == _NEG_INF:
-            return _NEG_INF
-        m += top
-    _scale(cur, 1.0 / total)
-    return m + np.log(total)
-
-
-@njit(**NJIT)
-def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label, work):
+def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch, work):
     """log P from the backward recursion alone (eqs. 10-11, 13), to check the forward one."""
     length = labels.shape[0]
-    _beta_init(rows[(frames - 1) % 2], length)
-    scale = 0.0
+    _beta_init(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length)
     for t in range(frames - 2, -1, -1):
-        m, y_blank = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row)
-        step = _beta_advance(log_probs, n, t, blank, labels, skip, rows[(t + 1) % 2], rows[t % 2], y_blank, y_label, m, work)
-        if not step > _NEG_INF:
-            return step if step != step else _NEG_INF
-        scale += step
-    b0 = rows[0]
-    m, y_blank = _emissions(log_probs, 0, n, blank, labels, y_label, exp_row)
-    start = y_blank * b0[0] + (y_label[0] * b0[length + 1] if length > 0 else 0.0)
-    if not start > 0.0:
-        return _NEG_INF
-    return scale + m + np.log(start)
+        m, y_blank = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, scratch)
+        if not m > _NEG_INF:
+            return m if m != m else _NEG_INF
+        state = _beta_row(rows[(t + 1) % 2], scales[(t + 1) % 2], rows[t % 2], scales[t % 2], t, frames, y_blank, y_label, m, skip, log_probs, n, blank, labels, work)
+        if state < 0:
+            return np.nan
+        if state == 0:
+            return _NEG_INF
+    b0, s0 = rows[0], scales[0]
+    m, y_blank = _emissions(log_probs, 0, n, blank, labels, y_label, exp_row, gathered, scratch)
+    log_p = np.log(y_blank * b0[0]) + m + s0[0] if y_blank * b0[0] > 0.0 else _NEG_INF
+    if length > 0 and y_label[0] * b0[length + 1] > 0.0:
+        log_p = _logaddexp(log_p, np.log(y_label[0] * b0[length + 1]) + m + s0[0])
+    return log_p
 
 
 @njit(**NJIT)
@@ -435,34 +601,44 @@ def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, 
 
 
 @njit(**NJIT)
-def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, log_scale, log_p, emit_blank, emit_label, emit_shift,
+def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, log_p, emit_blank, emit_label, emit_shift,
                    mode, grad, post, slot, scale, torch_grad, work, label_post):
-    """Backward recursion with the posterior scatter; False when eq. 14 fails at a frame."""
+    """Backward recursion with the posterior scatter (eqs. 14-16); False when eq. 14 fails
+    at a frame (then the caller recomputes the item in log space)."""
     length = labels.shape[0]
+    blocks = _num_blocks(length)
     rows = np.empty((2, 2 * length + 1))
-    _beta_init(rows[(frames - 1) % 2], length)
-    log_b_scale = 0.0
+    b_scales = np.empty((2, blocks))
+    block_log = np.empty(blocks)
+    _beta_init(rows[(frames - 1) % 2], b_scales[(frames - 1) % 2], length)
     for t in range(frames - 1, -1, -1):
-        b_row = rows[t % 2]
+        b_row, b_sc = rows[t % 2], b_scales[t % 2]
         if t < frames - 1:
-            step = _beta_advance(log_probs, n, t, blank, labels, skip, rows[(t + 1) % 2], b_row,
-                                 emit_blank[t + 1], emit_label[t + 1], emit_shift[t + 1], work)
-            if not step > _NEG_INF:
+            state = _beta_row(rows[(t + 1) % 2], b_scales[(t + 1) % 2], b_row, b_sc, t, frames,
+                              emit_blank[t + 1], emit_label[t + 1], emit_shift[t + 1], skip, log_probs, n, blank, labels, work)
+            if state <= 0:
                 return False
-            log_b_scale += step
-        a_row = alpha[t]
-        blank_mass = _dot(a_row[:length + 1], b_row[:length + 1])
-        a_label, b_label = a_row[length + 1:], b_row[length + 1:]
-        for k in range(length):
-            label_post[k] = a_label[k] * b_label[k]
-        z = blank_mass + _sum(label_post)
-        if not z > 0.0:
+        a_row, a_sc = alpha[t], scales[t]
+        # eq. 14 per block: log of sum_s alpha b over the block, scales included
+        log_z = _NEG_INF
+        for j in range(blocks):
+            k0, kb, kl = _block(j, length)
+            d = _dot(a_row[k0:kb], b_row[k0:kb]) + _dot(a_row[length + 1 + k0:length + 1 + kl], b_row[length + 1 + k0:length + 1 + kl])
+            block_log[j] = np.log(d) + a_sc[j] + b_sc[j] if d > 0.0 else _NEG_INF
+            log_z = _logaddexp(log_z, block_log[j])
+        if not log_z > _NEG_INF or abs(log_z - log_p) > _LOG_P_TOLERANCE:
             return False
-        if abs(np.log(z) + log_scale[t] + log_b_scale - log_p) > _LOG_P_TOLERANCE:  # eq. 14
-            return False
-        inv_z = 1.0 / z
-        _scale(label_post, inv_z)
-        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_mass * inv_z, label_post, torch_grad)
+        blank_post = 0.0
+        for j in range(blocks):
+            k0, kb, kl = _block(j, length)
+            if block_log[j] == _NEG_INF:
+                label_post[k0:kl] = 0.0
+                continue
+            factor = np.exp(a_sc[j] + b_sc[j] - log_z)
+            blank_post += _dot(a_row[k0:kb], b_row[k0:kb]) * factor
+            for k in range(k0, kl):
+                label_post[k] = a_row[length + 1 + k] * b_row[length + 1 + k] * factor
+        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, torch_grad)
     return True
 
 
@@ -557,35 +733,39 @@ def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, bl
     if frames == 0:
         return 0.0, STATUS_OK  # empty input, empty target: the empty path, P = 1
     width = 2 * length + 1
+    blocks = _num_blocks(length)
     skip = np.empty(length)
     _skip_weights(labels, length, skip)
     y_label = np.empty(length)
     label_post = np.empty(length)
     work = np.empty(width)
     exp_row = np.empty(log_probs.shape[2])
+    gathered = np.empty(length)
+    scratch = np.empty(max(length, log_probs.shape[2]))
     ok = False
     if mode == GRAD_NONE:
         rows = np.empty((2, width))
-        log_p, at_risk = _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label)
+        scales = np.empty((2, blocks))
+        log_p, at_risk = _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch)
         if log_p != log_p:
             return np.nan, STATUS_OK
         if log_p > _NEG_INF:
             if not at_risk:
                 return -log_p, STATUS_OK
-            check = _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label, work)
+            check = _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch, work)
             ok = abs(check - log_p) <= _LOG_P_TOLERANCE
     else:
         alpha = np.empty((frames, width))
-        log_scale = np.empty(frames)
+        scales = np.empty((frames, blocks))
         emit_blank = np.empty(frames)
         emit_shift = np.empty(frames)
         emit_label = np.empty((frames, length))
-        log_p = _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, log_scale, emit_blank, emit_label, emit_shift, exp_row, y_label)
+        log_p = _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, emit_blank, emit_label, emit_shift, exp_row, gathered, scratch)
         if log_p != log_p:
             _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
             return np.nan, STATUS_OK
         if log_p > _NEG_INF:
-            ok = _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, log_scale, log_p, emit_blank, emit_label, emit_shift,
+            ok = _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, log_p, emit_blank, emit_label, emit_shift,
                                 mode, grad, post, slot, scale, torch_grad, work, label_post)
     # A -inf from the rescaled pass (no surviving path) is confirmed in log space too:
     # underflow must never fake an infinite loss.

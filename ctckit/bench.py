@@ -1,0 +1,368 @@
+"""Benchmark of the CTC loss: ctckit against torch, optax and TensorFlow on the CPU.
+
+``python -m ctckit.bench`` (or ``ctckit bench``) first checks that the providers agree on
+the losses, then times forward and forward+backward, interleaving the providers so that
+machine noise hits them alike, and prints medians and ratios peer / ctckit. It also
+measures peak memory (a fresh process per provider and shape), ctckit's scaling in T, S,
+N and C, and the first call in a fresh process. Results go to stdout and, with ``--out``,
+to JSON, markdown and a PNG plot (when matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = {  # name: (T, N, C, S_max)
+    "docs": (50, 16, 20, 30),
+    "ocr": (100, 64, 100, 40),
+    "char": (500, 32, 32, 150),
+    "bpe1k": (250, 32, 1024, 80),
+    "bpe5k": (250, 16, 5000, 80),
+    "long": (2000, 8, 64, 500),
+    "xlong": (10000, 4, 32, 2000),
+}
+MEMORY_SHAPES = ("bpe5k", "long", "xlong")
+PROVIDERS = ("ctckit", "torch", "optax", "tensorflow")
+
+
+@dataclass
+class Problem:
+    """One shape's inputs, as NumPy arrays: float32 log-probs (T, N, C) and padded targets."""
+
+    log_probs: np.ndarray
+    targets: np.ndarray
+    input_lengths: np.ndarray
+    target_lengths: np.ndarray
+
+
+def make_problem(shape, seed=0) -> Problem:
+    """Targets uniform in [1, C), lengths uniform in [S/2, S], all inputs of length T,
+    log_softmax of standard normal logits, float32."""
+    frames, batch, classes, max_target = shape
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((frames, batch, classes)).astype(np.float32)
+    top = logits.max(-1, keepdims=True)
+    log_probs = (logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))).astype(np.float32)
+    targets = rng.integers(1, classes, (batch, max_target)).astype(np.int64)
+    target_lengths = rng.integers(max_target // 2, max_target + 1, batch).astype(np.int64)
+    input_lengths = np.full(batch, frames, dtype=np.int64)
+    return Problem(log_probs, targets, input_lengths, target_lengths)
+
+
+# ---------------------------------------------------------------------------- providers
+# Each returns (losses, forward, forward_backward): per-item losses as NumPy, and two
+# callables that run the computation to completion.
+
+
+def _torch_provider(problem, loss_fn):
+    import torch
+
+    lp = torch.from_numpy(problem.log_probs)
+    targets = torch.from_numpy(problem.targets)
+    il, tl = torch.from_numpy(problem.input_lengths), torch.from_numpy(problem.target_lengths)
+    with torch.no_grad():
+        losses = loss_fn(lp, targets, il, tl, reduction="none").numpy()
+
+    def forward():
+        with torch.no_grad():
+            loss_fn(lp, targets, il, tl, reduction="sum")
+
+    def forward_backward():
+        x = lp.detach().requires_grad_()
+        loss_fn(x, targets, il, tl, reduction="sum").backward()
+
+    return losses, forward, forward_backward
+
+
+def provider_ctckit(problem):
+    import ctckit.torch
+
+    return _torch_provider(problem, ctckit.torch.ctc_loss)
+
+
+def provider_torch(problem):
+    import torch.nn.functional as F
+
+    return _torch_provider(problem, F.ctc_loss)
+
+
+def provider_optax(problem):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    logits = jnp.asarray(np.ascontiguousarray(problem.log_probs.transpose(1, 0, 2)))  # (N, T, C)
+    frames, max_target = problem.log_probs.shape[0], problem.targets.shape[1]
+    logit_pad = jnp.asarray((np.arange(frames)[None, :] >= problem.input_lengths[:, None]).astype(np.float32))
+    labels = jnp.asarray(problem.targets.astype(np.int32))
+    label_pad = jnp.asarray((np.arange(max_target)[None, :] >= problem.target_lengths[:, None]).astype(np.float32))
+    losses_fn = jax.jit(lambda x: optax.ctc_loss(x, logit_pad, labels, label_pad, blank_id=0))
+    grad_fn = jax.jit(jax.value_and_grad(lambda x: optax.ctc_loss(x, logit_pad, labels, label_pad, blank_id=0).sum()))
+    losses = np.asarray(losses_fn(logits))
+    return losses, lambda: losses_fn(logits).block_until_ready(), lambda: grad_fn(logits)[1].block_until_ready()
+
+
+def provider_tensorflow(problem):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    lp = tf.constant(problem.log_probs)
+    indices = [(n, k) for n in range(problem.targets.shape[0]) for k in range(problem.target_lengths[n])]
+    values = [problem.targets[n, k] for n, k in indices]
+    labels = tf.SparseTensor(np.array(indices, dtype=np.int64), np.array(values, dtype=np.int32),
+                             (problem.targets.shape[0], problem.targets.shape[1]))
+    il = tf.constant(problem.input_lengths.astype(np.int32))
+
+    @tf.function
+    def losses_fn(x):
+        return tf.nn.ctc_loss(labels, x, None, il, logits_time_major=True, blank_index=0)
+
+    @tf.function
+    def grad_fn(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(losses_fn(x))
+        return tape.gradient(loss, x)
+
+    losses = losses_fn(lp).numpy()
+    return losses, lambda: losses_fn(lp).numpy(), lambda: grad_fn(lp).numpy()
+
+
+def load_provider(name, problem):
+    """(losses, forward, forward_backward), or raise ImportError when not installed."""
+    return globals()[f"provider_{name}"](problem)
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def interleaved_medians(calls: dict, repeats: int, warmup: int = 1) -> dict:
+    """Median seconds per callable, running them round-robin ``repeats`` times."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def run_speed(shapes, providers, repeats, log=print):
+    rows = []
+    for shape_name in shapes:
+        problem = make_problem(SHAPES[shape_name])
+        loaded, skipped = {}, {}
+        for name in providers:
+            try:
+                loaded[name] = load_provider(name, problem)
+            except ImportError as error:
+                skipped[name] = f"not installed ({error.name})"
+        reference = loaded["ctckit"][0]
+        agreement = {name: float(np.max(np.abs(l[0] - reference) / np.abs(reference))) for name, l in loaded.items()}
+        reps = max(3, repeats // 3) if shape_name == "xlong" else repeats
+        fwd = interleaved_medians({n: l[1] for n, l in loaded.items()}, reps)
+        both = interleaved_medians({n: l[2] for n, l in loaded.items()}, reps)
+        row = dict(shape=shape_name, dims=SHAPES[shape_name], repeats=reps, skipped=skipped, agreement=agreement,
+                   forward_ms={n: v * 1e3 for n, v in fwd.items()}, forward_backward_ms={n: v * 1e3 for n, v in both.items()})
+        rows.append(row)
+        log(_speed_line(row))
+    return rows
+
+
+def _speed_line(row):
+    parts = [f"{row['shape']:6s}"]
+    for kind in ("forward_ms", "forward_backward_ms"):
+        times = row[kind]
+        ours = times["ctckit"]
+        peers = {n: t for n, t in times.items() if n != "ctckit"}
+        best = min(peers, key=peers.get) if peers else None
+        ratio = f" fastest peer {best} x{peers[best] / ours:.1f}" if best else ""
+        parts.append(f"{kind[:-3]}: " + " ".join(f"{n} {t:.2f}" for n, t in times.items()) + ratio)
+    return " | ".join(parts)
+
+
+# ------------------------------------------------------------------------------ memory
+
+_PROBE = r"""
+import gc, json, sys
+sys.path.insert(0, {src!r})
+from ctckit.bench import SHAPES, make_problem, load_provider
+
+def rss(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+
+problem = make_problem(SHAPES[{shape!r}])
+_, _, forward_backward = load_provider({provider!r}, problem)
+forward_backward()  # compile and warm up
+gc.collect()
+base = rss("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) to the current RSS
+forward_backward()
+print(json.dumps(rss("VmHWM:") - base))
+"""
+
+
+def peak_memory(provider, shape_name):
+    """Growth of peak RSS (bytes) over one forward+backward in a fresh process, or None."""
+    src = str(Path(__file__).resolve().parent.parent)
+    code = _PROBE.format(src=src, shape=shape_name, provider=provider)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if result.returncode != 0:
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_memory(shapes, providers, log=print):
+    table = {}
+    for shape_name in shapes:
+        table[shape_name] = {p: peak_memory(p, shape_name) for p in providers}
+        log(f"{shape_name:6s} peak RSS growth of fwd+bwd (MiB): " + " ".join(
+            f"{p} {'-' if v is None else f'{v / 2**20:.0f}'}" for p, v in table[shape_name].items()))
+    return table
+
+
+# ----------------------------------------------------------------------- scaling, cold start
+
+
+def run_scaling(repeats, log=print):
+    """ctckit fwd+bwd time as T, S, N and C each double from a base shape."""
+    base = (500, 8, 64, 100)
+    variants = {"base": base, "2T": (1000, 8, 64, 100), "2S": (500, 8, 64, 200),
+                "2N": (500, 16, 64, 100), "2C": (500, 8, 128, 100)}
+    calls = {name: load_provider("ctckit", make_problem(shape))[2] for name, shape in variants.items()}
+    medians = interleaved_medians(calls, repeats)
+    out = {name: dict(dims=variants[name], ms=medians[name] * 1e3, ratio=medians[name] / medians["base"]) for name in variants}
+    log("scaling (ctckit fwd+bwd, base T N C S = 500 8 64 100): " + " ".join(
+        f"{name} {v['ms']:.2f} ms (x{v['ratio']:.2f})" for name, v in out.items()))
+    return out
+
+
+_COLD = r"""
+import time
+start = time.perf_counter()
+import torch, ctckit.torch
+lp = torch.randn(50, 4, 20).log_softmax(2).requires_grad_()
+ctckit.torch.ctc_loss(lp, torch.randint(1, 20, (4, 10)), [50] * 4, [10] * 4).backward()
+print(time.perf_counter() - start)
+"""
+
+
+def run_cold_start(log=print):
+    """First call in a fresh process (including imports), with an empty and a warm Numba cache."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        times = [float(subprocess.run([sys.executable, "-c", _COLD], capture_output=True, text=True, env=env, check=True).stdout)
+                 for _ in range(3)]
+    out = dict(cold_compile_s=times[0], warm_cache_s=min(times[1:]))
+    log(f"first call in a fresh process incl. imports: empty cache {times[0]:.1f} s, warm cache {out['warm_cache_s']:.2f} s")
+    return out
+
+
+# ------------------------------------------------------------------------------ reports
+
+
+def markdown(report) -> str:
+    lines = ["| shape | T N C S | provider | fwd ms | fwd+bwd ms | fwd ratio | fwd+bwd ratio | max rel. loss diff |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in report["speed"]:
+        ours_f, ours_b = row["forward_ms"]["ctckit"], row["forward_backward_ms"]["ctckit"]
+        for name in row["forward_ms"]:
+            f, b = row["forward_ms"][name], row["forward_backward_ms"][name]
+            ratio = ("" if name == "ctckit" else f"{f / ours_f:.1f}x", "" if name == "ctckit" else f"{b / ours_b:.1f}x")
+            lines.append(f"| {row['shape']} | {' '.join(map(str, row['dims']))} | {name} | {f:.2f} | {b:.2f} | "
+                         f"{ratio[0]} | {ratio[1]} | {row['agreement'][name]:.1e} |")
+        for name, why in row["skipped"].items():
+            lines.append(f"| {row['shape']} | {' '.join(map(str, row['dims']))} | {name} | skipped: {why} | | | | |")
+    if report.get("memory"):
+        lines += ["", "| shape | " + " | ".join(f"{p} peak MiB" for p in PROVIDERS) + " |",
+                  "| --- |" + " ---: |" * len(PROVIDERS)]
+        for shape_name, values in report["memory"].items():
+            cells = ["-" if values.get(p) is None else f"{values[p] / 2**20:.0f}" for p in PROVIDERS]
+            lines.append(f"| {shape_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    shapes = [row["shape"] for row in report["speed"]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, kind in zip(axes, ("forward_ms", "forward_backward_ms")):
+        for name in PROVIDERS:
+            ys = [row[kind].get(name, np.nan) for row in report["speed"]]
+            ax.plot(shapes, ys, marker="o", label=name)
+        ax.set_yscale("log")
+        ax.set_title(kind.replace("_ms", "").replace("_", "+") + " (ms, log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="ctckit bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shape names")
+    parser.add_argument("--providers", default=",".join(PROVIDERS))
+    parser.add_argument("--repeats", type=int, default=9, help="timed runs per provider (median), at least 7")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-extras", action="store_true", help="skip the scaling table and the cold start")
+    parser.add_argument("--out", type=Path, help="folder for results.json, results.md and results.png")
+    args = parser.parse_args(argv)
+
+    import numba
+    import torch
+
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    shapes = args.shapes.split(",")
+    providers = args.providers.split(",")
+    report = dict(threads=args.threads, machine=dict(cpus=os.cpu_count()))
+    print(f"CTC loss, float32, {args.threads} threads; median of {args.repeats} interleaved runs (ms); "
+          f"ratio = fastest peer / ctckit")
+    report["speed"] = run_speed(shapes, providers, args.repeats)
+    if not args.no_memory:
+        report["memory"] = run_memory([s for s in MEMORY_SHAPES if s in shapes], providers)
+    if not args.no_extras:
+        report["scaling"] = run_scaling(args.repeats)
+        report["cold_start"] = run_cold_start()
+    table = markdown(report)
+    print()
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(report, indent=1))
+        (args.out / "results.md").write_text(table)
+        if plot(report, args.out / "results.png"):
+            print(f"plot: {args.out / 'results.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
