@@ -122,3 +122,47 @@ def test_targets_spanning_many_blocks_match_reference(seed):
     np.testing.assert_allclose(loss[finite], expected[finite], rtol=1e-10)
     np.testing.assert_allclose(loss_only[finite], expected[finite], rtol=1e-10)
     np.testing.assert_allclose(grad, ref.batch_grad(lp, labels, input_lengths, blank), atol=1e-9)
+
+
+_NAN_WORKSPACES = """
+import numpy as np
+real_empty = np.empty
+def nan_empty(shape, dtype=float, **kwargs):
+    out = real_empty(shape, dtype=dtype, **kwargs)
+    if out.dtype.kind == "f":
+        out.fill(np.nan)
+    return out
+np.empty = nan_empty  # every workspace the kernels allocate starts as NaN
+import sys
+sys.path.insert(0, "tests")
+import reference as ref
+from ctckit._core import loss
+from conftest import log_softmax
+
+rng = np.random.default_rng(11)
+frames, length = 80, 40
+lp = log_softmax(30.0 * rng.standard_normal((frames, 2, 5)))
+targets = rng.integers(1, 5, (2, length))
+expected = ref.batch_nll(lp, [list(r) for r in targets], [frames, frames])
+for mode in (loss.GRAD_NONE, loss.GRAD_DENSE, loss.GRAD_COMPACT):
+    nll, status = np.zeros(2), np.zeros(2, np.int8)
+    grad = np.zeros(lp.shape if mode == loss.GRAD_DENSE else (1, 1, 1))
+    post = np.zeros((frames, 2 * length + 2) if mode == loss.GRAD_COMPACT else (1, 1))
+    loss.ctc_loss_batch(lp, targets.reshape(-1), np.array([0, length]), np.array([frames, frames]),
+                        np.array([length, length]), 0, mode, False, np.ones(2), nll, grad, post, status)
+    np.testing.assert_allclose(nll, expected, rtol=1e-10)
+print("ok")
+"""
+
+
+def test_workspaces_are_never_read_before_written():
+    # The kernels allocate their workspaces with np.empty. Run them as plain Python
+    # (NUMBA_DISABLE_JIT=1, which also covers the jitted code) with every workspace NaN.
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _NAN_WORKSPACES], capture_output=True, text=True,
+                            env={**os.environ, "NUMBA_DISABLE_JIT": "1"}, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"

@@ -118,6 +118,14 @@ def _dot(a, b):
 
 
 @njit(**NJIT)
+def _label_posteriors(out, a, b, k0, kl, off, factor):
+    """out[k] = a[off + k] b[off + k] factor for labels k in [k0, kl)."""
+    uoff = np.uint64(off)
+    for k in range(np.uint64(k0), np.uint64(kl)):
+        out[k] = a[uoff + k] * b[uoff + k] * factor
+
+
+@njit(**NJIT)
 def _scale(row, factor):
     for i in range(row.shape[0]):
         row[i] *= factor
@@ -182,11 +190,52 @@ def _band(t, frames, length):
     return (lo // 2) // BLOCK, (hi // 2) // BLOCK
 
 
+# The per-block loops below index whole rows with unsigned integers: Numba then needs no
+# negative-index wraparound (which blocks vectorisation, about 10x here) and no views
+# (each view costs two atomic reference-count updates). A split row keeps blank k at
+# ``k`` and label k at ``L + 1 + k``.
+_U1 = np.uint64(1)
+
+
+@njit(**REDUCE)
+def _range_sum(row, start, end):
+    total = 0.0
+    for i in range(np.uint64(start), np.uint64(end)):
+        total += row[i]
+    return total
+
+
+@njit(**REDUCE)
+def _range_dot(a, b, start, end):
+    total = 0.0
+    for i in range(np.uint64(start), np.uint64(end)):
+        total += a[i] * b[i]
+    return total
+
+
+@njit(**NJIT)
+def _range_scale(row, start, end, factor):
+    for i in range(np.uint64(start), np.uint64(end)):
+        row[i] *= factor
+
+
+@njit(**NJIT)
+def _range_fill(row, start, end, value):
+    for i in range(np.uint64(start), np.uint64(end)):
+        row[i] = value
+
+
+@njit(**NJIT)
+def _block_sum(row, j, length):
+    k0, kb, kl = _block(j, length)
+    return _range_sum(row, k0, kb) + _range_sum(row, length + 1 + k0, length + 1 + kl)
+
+
 @njit(**NJIT)
 def _clear_block(row, scales, j, length):
     k0, kb, kl = _block(j, length)
-    row[k0:kb] = 0.0
-    row[length + 1 + k0:length + 1 + kl] = 0.0
+    _range_fill(row, k0, kb, 0.0)  # (not a scaling by 0: the buffer may hold NaN garbage)
+    _range_fill(row, length + 1 + k0, length + 1 + kl, 0.0)
     scales[j] = _NEG_INF
 
 
@@ -195,23 +244,18 @@ def _finish_block(row, scales, j, length, base, total):
     """Normalise block j to sum one; its log-scale becomes ``base + log(total)``."""
     k0, kb, kl = _block(j, length)
     inv = 1.0 / total
-    _scale(row[k0:kb], inv)
-    _scale(row[length + 1 + k0:length + 1 + kl], inv)
+    _range_scale(row, k0, kb, inv)
+    _range_scale(row, length + 1 + k0, length + 1 + kl, inv)
     scales[j] = base + np.log(total)
 
 
 @njit(**NJIT)
-def _block_sum(row, j, length):
-    k0, kb, kl = _block(j, length)
-    return _sum(row[k0:kb]) + _sum(row[length + 1 + k0:length + 1 + kl])
-
-
-@njit(**NJIT)
-def _log_carry(prev_l, prev_scales, j, k0):
+def _log_carry(prev, prev_scales, j, k0, length):
     """log of the value block j reads from block j - 1 (its last label state)."""
-    if j == 0 or not prev_l[k0 - 1] > 0.0:
+    if j == 0:
         return _NEG_INF
-    return prev_scales[j - 1] + np.log(prev_l[k0 - 1])
+    v = prev[length + k0]  # label k0 - 1
+    return prev_scales[j - 1] + np.log(v) if v > 0.0 else _NEG_INF
 
 
 @njit(**NJIT)
@@ -220,26 +264,26 @@ def _alpha_block(prev, prev_scales, new, j, y_blank, y_label, skip):
 
     Values are relative to ``base``, the larger of the block's own scale and the log of
     the one value read across the boundary (the previous block's last label). Returns
-    ``(base, sum of the block)``; ``base`` is -inf when both blocks were zero.
+    ``(base, sum of the block)``; ``base`` is -inf when both were zero.
     """
     length = y_label.shape[0]
     k0, kb, kl = _block(j, length)
-    prev_b, prev_l = prev[:length + 1], prev[length + 1:]
-    new_b, new_l = new[:length + 1], new[length + 1:]
-    own, log_carry = prev_scales[j], _log_carry(prev_l, prev_scales, j, k0)
+    own, log_carry = prev_scales[j], _log_carry(prev, prev_scales, j, k0, length)
     base = max(own, log_carry)
     if base == _NEG_INF:
         return base, 0.0
-    f_own = np.exp(own - base)
+    f_own = np.exp(own - base) if own < base else 1.0
     carry = np.exp(log_carry - base)
     yb = y_blank * f_own
-    new_b[k0] = prev_b[k0] * yb + carry * y_blank
-    for k in range(k0 + 1, kb):
-        new_b[k] = (prev_b[k] + prev_l[k - 1]) * yb
+    off = np.uint64(length + 1)
+    u0, ub, ul = np.uint64(k0), np.uint64(kb), np.uint64(kl)
+    new[u0] = prev[u0] * yb + carry * y_blank
+    for k in range(u0 + _U1, ub):  # blank k from blank k and label k - 1
+        new[k] = (prev[k] + prev[off + k - _U1]) * yb
     if k0 < length:
-        new_l[k0] = ((prev_l[k0] + prev_b[k0]) * f_own + skip[k0] * carry) * y_label[k0]
-        for k in range(k0 + 1, kl):
-            new_l[k] = (prev_l[k] + prev_b[k] + skip[k] * prev_l[k - 1]) * (y_label[k] * f_own)
+        new[off + u0] = ((prev[off + u0] + prev[u0]) * f_own + skip[u0] * carry) * y_label[u0]
+        for k in range(u0 + _U1, ul):  # label k from label k, blank k, and label k - 1 (eq. 7)
+            new[off + k] = (prev[off + k] + prev[k] + skip[k] * prev[off + k - _U1]) * (y_label[k] * f_own)
     return base, _block_sum(new, j, length)
 
 
@@ -254,7 +298,7 @@ def _alpha_block_log(prev, prev_scales, new, j, log_probs, t, n, blank, labels, 
     k0, kb, kl = _block(j, length)
     prev_b, prev_l = prev[:length + 1], prev[length + 1:]
     new_b, new_l = new[:length + 1], new[length + 1:]
-    own, log_carry = prev_scales[j], _log_carry(prev_l, prev_scales, j, k0)
+    own, log_carry = prev_scales[j], _log_carry(prev, prev_scales, j, k0, length)
     base = max(own, log_carry)
     f_own = np.exp(own - base)
     carry = np.exp(log_carry - base)
@@ -335,49 +379,51 @@ def _end_log_likelihood(row, scales, length):
 
 
 @njit(**REDUCE)
-def _count_flushed(new, prev_a, prev_b, prev_c, allowed, lo, hi):
-    """States i in [lo, hi) whose value is below _TINY although a predecessor is positive
-    and the emission is possible (``allowed``, log-prob > -inf)."""
+def _count_flushed_blanks(new, same, left_label):
+    """Blank states below _TINY with a positive predecessor."""
     count = 0
-    for i in range(lo, hi):
-        pred = prev_a[i] + prev_b[i] + prev_c[i]
-        count += (new[i] < _TINY) & (pred > 0.0) & allowed[i]
+    for i in range(new.shape[0]):
+        count += (new[i] < _TINY) & (same[i] + left_label[i] > 0.0)
+    return count
+
+
+@njit(**REDUCE)
+def _count_flushed_labels(new, same, blank_before, label_before, skip, log_labels):
+    """Label states below _TINY with a positive predecessor and a possible emission."""
+    count = 0
+    for i in range(new.shape[0]):
+        pred = same[i] + blank_before[i] + skip[i] * label_before[i]
+        count += (new[i] < _TINY) & (pred > 0.0) & (log_labels[i] > _NEG_INF)
     return count
 
 
 @njit(**NJIT)
-def _row_at_risk(prev, row, t, frames, log_blank, log_labels, skip, shifted, allowed):
+def _row_at_risk(prev, row, t, frames, log_blank, log_labels, skip):
     """Whether a state that may still reach the end lost precision at frame t: it holds less
     than ``_TINY`` of its block although its true value is positive (a positive predecessor
-    and a finite log-prob). Exact zeros (unreachable states, masked classes) are not risks.
-
-    ``shifted`` (3 x (L + 1)) and ``allowed`` are work buffers.
-    """
+    and a finite log-prob). Exact zeros (unreachable states, masked classes) are no risk."""
     length = log_labels.shape[0]
     width = 2 * length + 1
     lo = max(0, width - 2 - 2 * (frames - 1 - t))
     hi = min(width - 1, 2 * t + 1)
     prev_b, prev_l = prev[:length + 1], prev[length + 1:]
-    # blank states s = 2k, lo <= s <= hi: predecessors s (blank k) and s - 1 (label k - 1)
+    new_b, new_l = row[:length + 1], row[length + 1:]
+    # blank states s = 2k with lo <= s <= hi
     k_lo, k_hi = (lo + 1) // 2, hi // 2 + 1
     if log_blank > _NEG_INF and k_lo < k_hi:
-        zeros, left = shifted[0], shifted[1]
-        zeros[:] = 0.0
-        left[0] = 0.0
-        left[1:length + 1] = prev_l
-        allowed[:] = True
-        if _count_flushed(row[:length + 1], prev_b, left, zeros, allowed, k_lo, k_hi) > 0:
+        if k_lo == 0 and new_b[0] < _TINY and prev_b[0] > 0.0:
             return True
-    # label states s = 2k + 1: predecessors label k, blank k, label k - 1 when skipping
+        k_lo = max(k_lo, 1)
+        if _count_flushed_blanks(new_b[k_lo:k_hi], prev_b[k_lo:k_hi], prev_l[k_lo - 1:k_hi - 1]) > 0:
+            return True
+    # label states s = 2k + 1 with lo <= s <= hi
     k_lo, k_hi = lo // 2, min((hi - 1) // 2 + 1, length)
     if k_lo < k_hi:
-        left = shifted[1]
-        left[0] = 0.0
-        for k in range(1, length):
-            left[k] = skip[k] * prev_l[k - 1]
-        for k in range(length):
-            allowed[k] = log_labels[k] > _NEG_INF
-        return _count_flushed(row[length + 1:], prev_l, prev_b[:length], left[:length], allowed[:length], k_lo, k_hi) > 0
+        if k_lo == 0 and new_l[0] < _TINY and prev_l[0] + prev_b[0] > 0.0 and log_labels[0] > _NEG_INF:
+            return True
+        k_lo = max(k_lo, 1)
+        return _count_flushed_labels(new_l[k_lo:k_hi], prev_l[k_lo:k_hi], prev_b[k_lo:k_hi], prev_l[k_lo - 1:k_hi - 1],
+                                     skip[k_lo:k_hi], log_labels[k_lo:k_hi]) > 0
     return False
 
 
@@ -412,8 +458,6 @@ def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales,
     fell below ``_TINY`` of its block (then no relevant path lost precision)."""
     length = labels.shape[0]
     at_risk = False
-    shifted = np.empty((2, length + 1))
-    allowed = np.empty(length + 1, dtype=np.bool_)
     for t in range(frames):
         m, y_blank = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch)
         if m != m:
@@ -430,7 +474,7 @@ def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales,
         if state == 0:
             return _NEG_INF, True
         if t > 0 and not at_risk:
-            at_risk = _row_at_risk(rows[(t - 1) % 2], row, t, frames, np.float64(log_probs[t, n, blank]), gathered, skip, shifted, allowed)
+            at_risk = _row_at_risk(rows[(t - 1) % 2], row, t, frames, np.float64(log_probs[t, n, blank]), gathered, skip)
     return _end_log_likelihood(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length), at_risk
 
 
@@ -445,33 +489,33 @@ def _beta_block(next_b, next_scales, cur, j, y_blank, y_label, skip):
     """
     length = y_label.shape[0]
     k0, kb, kl = _block(j, length)
-    nb, nl = next_b[:length + 1], next_b[length + 1:]
-    cb, cl = cur[:length + 1], cur[length + 1:]
-    # the value read across the boundary: the next block's first blank and label, seen
-    # from this block's last label
+    off = length + 1
     log_cross = _NEG_INF
     if kl == kb and kl <= length and j + 1 < next_scales.shape[0]:
-        cross = y_blank * nb[kl] + (skip[kl] * y_label[kl] * nl[kl] if kl < length else 0.0)
+        cross = y_blank * next_b[kl] + (skip[kl] * y_label[kl] * next_b[off + kl] if kl < length else 0.0)
         if cross > 0.0:
             log_cross = next_scales[j + 1] + np.log(cross)
     own = next_scales[j]
     base = max(own, log_cross)
     if base == _NEG_INF:
         return base, 0.0
-    f_own = np.exp(own - base)
-    yb = y_blank * f_own
-    for k in range(k0, min(kb, length)):
-        cb[k] = yb * nb[k] + y_label[k] * nl[k] * f_own
+    f_own = np.exp(own - base) if own < base else 1.0
+    uoff = np.uint64(off)
+    u0 = np.uint64(k0)
+    for k in range(u0, np.uint64(min(kb, length))):  # blank k: itself and label k
+        cur[k] = (y_blank * next_b[k] + y_label[k] * next_b[uoff + k]) * f_own
     if kb == length + 1:
-        cb[length] = yb * nb[length]
-    for k in range(k0, kl - 1):
-        cl[k] = (y_label[k] * nl[k] + y_blank * nb[k + 1] + skip[k + 1] * y_label[k + 1] * nl[k + 1]) * f_own
+        cur[length] = y_blank * next_b[length] * f_own
+    if kl - 1 > k0:
+        for k in range(u0, np.uint64(kl - 1)):  # label k: itself, blank k + 1, label k + 1 (eq. 11)
+            cur[uoff + k] = (y_label[k] * next_b[uoff + k] + y_blank * next_b[k + _U1]
+                             + skip[k + _U1] * y_label[k + _U1] * next_b[uoff + k + _U1]) * f_own
     if kl > k0:
         k = kl - 1
         if kl < kb:  # the next state is the final blank, in this block
-            cl[k] = (y_label[k] * nl[k] + y_blank * nb[k + 1]) * f_own
+            cur[off + k] = (y_label[k] * next_b[off + k] + y_blank * next_b[k + 1]) * f_own
         else:  # the next states open block j + 1
-            cl[k] = y_label[k] * nl[k] * f_own + np.exp(log_cross - base)
+            cur[off + k] = y_label[k] * next_b[off + k] * f_own + np.exp(log_cross - base)
     return base, _block_sum(cur, j, length)
 
 
@@ -623,7 +667,7 @@ def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, log
         log_z = _NEG_INF
         for j in range(blocks):
             k0, kb, kl = _block(j, length)
-            d = _dot(a_row[k0:kb], b_row[k0:kb]) + _dot(a_row[length + 1 + k0:length + 1 + kl], b_row[length + 1 + k0:length + 1 + kl])
+            d = _range_dot(a_row, b_row, k0, kb) + _range_dot(a_row, b_row, length + 1 + k0, length + 1 + kl)
             block_log[j] = np.log(d) + a_sc[j] + b_sc[j] if d > 0.0 else _NEG_INF
             log_z = _logaddexp(log_z, block_log[j])
         if not log_z > _NEG_INF or abs(log_z - log_p) > _LOG_P_TOLERANCE:
@@ -635,9 +679,8 @@ def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, log
                 label_post[k0:kl] = 0.0
                 continue
             factor = np.exp(a_sc[j] + b_sc[j] - log_z)
-            blank_post += _dot(a_row[k0:kb], b_row[k0:kb]) * factor
-            for k in range(k0, kl):
-                label_post[k] = a_row[length + 1 + k] * b_row[length + 1 + k] * factor
+            blank_post += _range_dot(a_row, b_row, k0, kb) * factor
+            _label_posteriors(label_post, a_row, b_row, k0, kl, length + 1, factor)
         _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, torch_grad)
     return True
 
