@@ -172,7 +172,7 @@ def run_speed(shapes, providers, repeats, log=print):
                 skipped[name] = f"not installed ({error.name})"
         reference = loaded["ctckit"][0]
         agreement = {name: float(np.max(np.abs(l[0] - reference) / np.abs(reference))) for name, l in loaded.items()}
-        reps = max(3, repeats // 3) if shape_name == "xlong" else repeats
+        reps = repeats
         fwd = interleaved_medians({n: l[1] for n, l in loaded.items()}, reps)
         both = interleaved_medians({n: l[2] for n, l in loaded.items()}, reps)
         row = dict(shape=shape_name, dims=SHAPES[shape_name], repeats=reps, skipped=skipped, agreement=agreement,

@@ -22,8 +22,9 @@ of a softmax; the ``torch_grad`` flag reproduces it.
 
 Numerics. Each item is computed in *rescaled probability space* with float64
 accumulators (Graves 2006, section 4.1 and eq. 9): frame ``t``'s emissions are divided by
-their largest value among the states, ``exp(log y - m_t)``, and the states are cut into
-blocks of ``BLOCK`` labels, each block normalised to sum to one with its own log-scale.
+their largest value among the states, ``exp(log y - m_t)`` (the shifts add up in one
+log-shift per row), and the states are cut into blocks of ``BLOCK`` labels, each block
+normalised by a power of two (exactly) with its own exponent.
 That is a few multiply-adds per cell instead of a log-sum-exp. One scale per row is not
 enough: over long inputs the forward mass runs far ahead of where the complete paths are
 (at T = 10^4, S = 2000, the states that matter sit 1e-308 below the row's largest); per
@@ -46,15 +47,18 @@ Classification: Labelling Unsegmented Sequence Data with Recurrent Neural Networ
 ICML 2006.
 """
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
-from .config import NJIT, PARALLEL, REDUCE
+from .config import HOT, INLINE, NJIT, PARALLEL, REDUCE
 from .vexp import vexp_shifted
 from .vexp import vexp_shifted
 
 _NEG_INF = -np.inf
-BLOCK = 32
+_LN2 = math.log(2.0)
+BLOCK = 64
 """Labels per block of states sharing one log-scale (2 * BLOCK states)."""
 _UNDERFLOW = 1e-280
 """A block whose normalising sum falls below this is recomputed in log space."""
@@ -101,7 +105,7 @@ def _log_emission(log_probs, t, n, blank, labels, s):
     return np.float64(log_probs[t, n, labels[(s - 1) // 2]])
 
 
-@njit(**REDUCE)
+@njit(**INLINE)
 def _sum(row):
     total = 0.0
     for v in row:
@@ -109,7 +113,7 @@ def _sum(row):
     return total
 
 
-@njit(**REDUCE)
+@njit(**INLINE)
 def _dot(a, b):
     total = 0.0
     for i in range(a.shape[0]):
@@ -117,7 +121,7 @@ def _dot(a, b):
     return total
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _label_posteriors(out, a, b, k0, kl, off, factor):
     """out[k] = a[off + k] b[off + k] factor for labels k in [k0, kl)."""
     uoff = np.uint64(off)
@@ -125,62 +129,63 @@ def _label_posteriors(out, a, b, k0, kl, off, factor):
         out[k] = a[uoff + k] * b[uoff + k] * factor
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _scale(row, factor):
     for i in range(row.shape[0]):
         row[i] *= factor
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch):
-    """Frame ``t``'s emissions of the blank and of each label, shifted by their max ``m``.
+    """Frame ``t``'s emissions of the blank and of each label, shifted by ``m``.
 
-    Writes ``y_label[k] = exp(log y[t, l_k] - m)``; returns ``(m, exp(log y[t, blank] - m))``.
-    With fewer classes than labels, the class row is exponentiated once (``exp_row``) and
-    gathered: ``min(C, L + 1)`` exps per frame, vectorised (:mod:`.vexp`). ``m`` is
-    ``-inf`` when every needed class is masked, NaN when the blank is NaN (a NaN label
+    Writes ``y_label[k] = exp(log y[t, l_k] - m)``; returns ``(m, exp(log y[t, blank] - m),
+    wide)``. ``m`` is the largest needed log-prob, or with fewer classes than labels the
+    largest of the row, which is then exponentiated once (``exp_row``) and gathered:
+    ``min(C, L + 1)`` exps per frame, vectorised (:mod:`.vexp`). ``wide`` says that finite
+    log-probs lie more than 700 below ``m`` (their emission may underflow to zero). ``m``
+    is ``-inf`` when every needed class is masked, NaN when the blank is NaN (a NaN label
     gives a NaN emission).
     """
     length = y_label.shape[0]
     log_blank = np.float64(log_probs[t, n, blank])
+    classes = exp_row.shape[0]
     m = log_blank
+    low = log_blank if log_blank > _NEG_INF else np.inf
+    if classes < length + 1:
+        row = log_probs[t, n]
+        for c in range(classes):
+            v = np.float64(row[c])
+            m = v if v > m else m
+            low = v if (v < low and v > _NEG_INF) else low
+        if m == _NEG_INF:
+            return m, 0.0, False
+        vexp_shifted(row, m, exp_row, scratch)
+        for k in range(length):
+            y_label[k] = exp_row[labels[k]]
+        return m, exp_row[blank], low < m - 700.0
     for k in range(length):
         v = np.float64(log_probs[t, n, labels[k]])
         gathered[k] = v
-        if v > m:
-            m = v
+        m = v if v > m else m
+        low = v if (v < low and v > _NEG_INF) else low
     if m == _NEG_INF:
-        return m, 0.0
-    if exp_row.shape[0] < length + 1:
-        vexp_shifted(log_probs[t, n], m, exp_row, scratch)  # entries of unused classes may be clamped
-        for k in range(length):
-            y_label[k] = exp_row[labels[k]]
-        return m, exp_row[blank]
-    vexp_shifted(gathered[:length], m, y_label, scratch)
-    return m, np.exp(log_blank - m)
-
-
-# ---------------------------------------------------------------------------------------
-# Rows of L' states are kept *split*: ``row[:L+1]`` holds the blank states s = 2k,
-# ``row[L+1:]`` the label states s = 2k + 1, so that the recursions are unit-stride loops
-# that vectorise. Block j holds the blank and label states with k in [j BLOCK, (j+1) BLOCK);
-# ``scales[j]`` is its log-scale, -inf for a block of zeros.
-# ---------------------------------------------------------------------------------------
-
-
-@njit(**NJIT)
+        return m, 0.0, False
+    vexp_shifted(gathered, m, y_label, scratch)
+    return m, np.exp(log_blank - m), low < m - 700.0
+@njit(**INLINE)
 def _num_blocks(length):
     return length // BLOCK + 1
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _block(j, length):
     """(k0, blank end, label end) of block j; the ends are exclusive."""
     k0 = j * BLOCK
     return k0, min(k0 + BLOCK, length + 1), min(k0 + BLOCK, length)
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _band(t, frames, length):
     """First and last block holding a state that is reachable at frame t (s <= 2t + 1) and
     can still reach the end by frame ``frames - 1`` (s >= L' - 2 - 2 (frames - 1 - t))."""
@@ -197,7 +202,7 @@ def _band(t, frames, length):
 _U1 = np.uint64(1)
 
 
-@njit(**REDUCE)
+@njit(**INLINE)
 def _range_sum(row, start, end):
     total = 0.0
     for i in range(np.uint64(start), np.uint64(end)):
@@ -205,7 +210,7 @@ def _range_sum(row, start, end):
     return total
 
 
-@njit(**REDUCE)
+@njit(**INLINE)
 def _range_dot(a, b, start, end):
     total = 0.0
     for i in range(np.uint64(start), np.uint64(end)):
@@ -213,25 +218,25 @@ def _range_dot(a, b, start, end):
     return total
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _range_scale(row, start, end, factor):
     for i in range(np.uint64(start), np.uint64(end)):
         row[i] *= factor
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _range_fill(row, start, end, value):
     for i in range(np.uint64(start), np.uint64(end)):
         row[i] = value
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _block_sum(row, j, length):
     k0, kb, kl = _block(j, length)
     return _range_sum(row, k0, kb) + _range_sum(row, length + 1 + k0, length + 1 + kl)
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _clear_block(row, scales, j, length):
     k0, kb, kl = _block(j, length)
     _range_fill(row, k0, kb, 0.0)  # (not a scaling by 0: the buffer may hold NaN garbage)
@@ -239,41 +244,56 @@ def _clear_block(row, scales, j, length):
     scales[j] = _NEG_INF
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _finish_block(row, scales, j, length, base, total):
-    """Normalise block j to sum one; its log-scale becomes ``base + log(total)``."""
+    """Normalise block j by the power of two nearest its sum (exact); its exponent becomes
+    ``base`` plus that power."""
     k0, kb, kl = _block(j, length)
-    inv = 1.0 / total
-    _range_scale(row, k0, kb, inv)
-    _range_scale(row, length + 1 + k0, length + 1 + kl, inv)
-    scales[j] = base + np.log(total)
+    _, power = math.frexp(total)
+    factor = math.ldexp(1.0, -power)
+    _range_scale(row, k0, kb, factor)
+    _range_scale(row, length + 1 + k0, length + 1 + kl, factor)
+    scales[j] = base + power
 
 
-@njit(**NJIT)
-def _log_carry(prev, prev_scales, j, k0, length):
-    """log of the value block j reads from block j - 1 (its last label state)."""
+@njit(**INLINE)
+def _carry(prev, prev_scales, j, k0, length):
+    """``(exponent, value)`` of what block j reads from block j - 1 (its last label state):
+    the value is ``v * 2^exponent`` relative to the row, -inf exponent when zero."""
     if j == 0:
-        return _NEG_INF
+        return _NEG_INF, 0.0
     v = prev[length + k0]  # label k0 - 1
-    return prev_scales[j - 1] + np.log(v) if v > 0.0 else _NEG_INF
+    if not v > 0.0:
+        return _NEG_INF, 0.0
+    _, power = math.frexp(v)
+    return prev_scales[j - 1] + power, v
 
 
-@njit(**NJIT)
+@njit(**INLINE)
+def _relative(value, exponent, base):
+    """``value * 2^(exponent - base)``, 0 for a -inf exponent."""
+    if exponent == _NEG_INF:
+        return 0.0
+    return math.ldexp(value, int(exponent - base))
+
+
+@njit(**INLINE)
 def _alpha_block(prev, prev_scales, new, j, y_blank, y_label, skip):
     """Eq. 6 for block j: alpha[t, s] = (alpha[t-1, s] + alpha[t-1, s-1] [+ alpha[t-1, s-2]]) y.
 
-    Values are relative to ``base``, the larger of the block's own scale and the log of
+    Values are relative to ``2^base``, the larger of the block's own exponent and that of
     the one value read across the boundary (the previous block's last label). Returns
     ``(base, sum of the block)``; ``base`` is -inf when both were zero.
     """
     length = y_label.shape[0]
     k0, kb, kl = _block(j, length)
-    own, log_carry = prev_scales[j], _log_carry(prev, prev_scales, j, k0, length)
-    base = max(own, log_carry)
+    own = prev_scales[j]
+    carry_exponent, carry_value = _carry(prev, prev_scales, j, k0, length)
+    base = max(own, carry_exponent)
     if base == _NEG_INF:
         return base, 0.0
-    f_own = np.exp(own - base) if own < base else 1.0
-    carry = np.exp(log_carry - base)
+    f_own = _relative(1.0, own, base)
+    carry = _relative(carry_value, prev_scales[j - 1], base) if j > 0 else 0.0
     yb = y_blank * f_own
     off = np.uint64(length + 1)
     u0, ub, ul = np.uint64(k0), np.uint64(kb), np.uint64(kl)
@@ -291,17 +311,17 @@ def _alpha_block(prev, prev_scales, new, j, y_blank, y_label, skip):
 def _alpha_block_log(prev, prev_scales, new, j, log_probs, t, n, blank, labels, skip, m):
     """:func:`_alpha_block` in log space, for a block whose rescaled sum underflowed.
 
-    ``new`` receives ``exp(log alpha - top)`` (emissions shifted by ``m``); returns
-    ``(base + top, sum of the block)``, the first -inf when no state is reachable.
+    Returns ``(exponent, sum of the block)``, the first -inf when no state is reachable.
     """
     length = labels.shape[0]
     k0, kb, kl = _block(j, length)
     prev_b, prev_l = prev[:length + 1], prev[length + 1:]
     new_b, new_l = new[:length + 1], new[length + 1:]
-    own, log_carry = prev_scales[j], _log_carry(prev, prev_scales, j, k0, length)
-    base = max(own, log_carry)
-    f_own = np.exp(own - base)
-    carry = np.exp(log_carry - base)
+    own = prev_scales[j]
+    carry_exponent, carry_value = _carry(prev, prev_scales, j, k0, length)
+    base = max(own, carry_exponent)
+    f_own = _relative(1.0, own, base)
+    carry = _relative(carry_value, prev_scales[j - 1], base) if j > 0 else 0.0
     log_blank = np.float64(log_probs[t, n, blank]) - m
     top = _NEG_INF
     for k in range(k0, kb):
@@ -315,14 +335,15 @@ def _alpha_block_log(prev, prev_scales, new, j, log_probs, t, n, blank, labels, 
         top = max(top, new_l[k])
     if top == _NEG_INF:
         return top, 0.0
+    power = np.floor(top / _LN2)
     for k in range(k0, kb):
-        new_b[k] = np.exp(new_b[k] - top)
+        new_b[k] = np.exp(new_b[k] - power * _LN2)
     for k in range(k0, kl):
-        new_l[k] = np.exp(new_l[k] - top)
-    return base + top, _block_sum(new, j, length)
+        new_l[k] = np.exp(new_l[k] - power * _LN2)
+    return base + power, _block_sum(new, j, length)
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _alpha_row(prev, prev_scales, new, new_scales, t, frames, y_blank, y_label, m, skip, log_probs, n, blank, labels):
     """One frame of the forward recursion over the band's blocks; the others are cleared.
 
@@ -341,7 +362,7 @@ def _alpha_row(prev, prev_scales, new, new_scales, t, frames, y_blank, y_label, 
         if total < _UNDERFLOW and base > _NEG_INF:
             base, total = _alpha_block_log(prev, prev_scales, new, j, log_probs, t, n, blank, labels, skip, m)
         if total > 0.0:
-            _finish_block(new, new_scales, j, length, base + m, total)
+            _finish_block(new, new_scales, j, length, base, total)
             alive = 1
         else:
             _clear_block(new, new_scales, j, length)
@@ -350,156 +371,145 @@ def _alpha_row(prev, prev_scales, new, new_scales, t, frames, y_blank, y_label, 
 
 @njit(**NJIT)
 def _alpha_first_row(row, scales, log_probs, n, blank, labels):
-    """Eq. 7's initial row (block 0 only). Returns 1, 0 (no state) or -1 (NaN)."""
+    """Eq. 7's initial row (block 0 only). Returns ``(state, shift)``: state 1, 0 (no
+    state) or -1 (NaN); the row's values are relative to ``exp(shift)``."""
     length = labels.shape[0]
     row[:] = 0.0
     scales[:] = _NEG_INF
     log_blank = np.float64(log_probs[0, n, blank])
     log_label = np.float64(log_probs[0, n, labels[0]]) if length > 0 else _NEG_INF
     if log_blank != log_blank or log_label != log_label:
-        return -1
+        return -1, 0.0
     top = max(log_blank, log_label)
     if top == _NEG_INF:
-        return 0
+        return 0, 0.0
     row[0] = np.exp(log_blank - top)
     if length > 0:
         row[length + 1] = np.exp(log_label - top)
-    _finish_block(row, scales, 0, length, top, _block_sum(row, 0, length))
-    return 1
+    _finish_block(row, scales, 0, length, 0.0, _block_sum(row, 0, length))
+    return 1, top
 
 
 @njit(**NJIT)
-def _end_log_likelihood(row, scales, length):
+def _end_log_likelihood(row, scales, length, shift):
     """Eq. 8: log(alpha[T-1, L'-1] + alpha[T-1, L'-2])."""
-    log_p = np.log(row[length]) + scales[length // BLOCK] if row[length] > 0.0 else _NEG_INF
+    log_p = np.log(row[length]) + scales[length // BLOCK] * _LN2 if row[length] > 0.0 else _NEG_INF
     if length > 0 and row[2 * length] > 0.0:
-        v = np.log(row[2 * length]) + scales[(length - 1) // BLOCK]
-        log_p = _logaddexp(log_p, v)
-    return log_p
+        log_p = _logaddexp(log_p, np.log(row[2 * length]) + scales[(length - 1) // BLOCK] * _LN2)
+    return log_p + shift
 
 
-@njit(**REDUCE)
-def _count_flushed_blanks(new, same, left_label):
-    """Blank states below _TINY with a positive predecessor."""
-    count = 0
-    for i in range(new.shape[0]):
-        count += (new[i] < _TINY) & (same[i] + left_label[i] > 0.0)
-    return count
-
-
-@njit(**REDUCE)
-def _count_flushed_labels(new, same, blank_before, label_before, skip, log_labels):
-    """Label states below _TINY with a positive predecessor and a possible emission."""
-    count = 0
-    for i in range(new.shape[0]):
-        pred = same[i] + blank_before[i] + skip[i] * label_before[i]
-        count += (new[i] < _TINY) & (pred > 0.0) & (log_labels[i] > _NEG_INF)
-    return count
-
-
-@njit(**NJIT)
-def _row_at_risk(prev, row, t, frames, log_blank, log_labels, skip):
+@njit(**INLINE)
+def _row_at_risk(prev, row, t, frames, y_blank, y_label, skip):
     """Whether a state that may still reach the end lost precision at frame t: it holds less
     than ``_TINY`` of its block although its true value is positive (a positive predecessor
-    and a finite log-prob). Exact zeros (unreachable states, masked classes) are no risk."""
-    length = log_labels.shape[0]
+    and a positive emission). Exact zeros (unreachable states, masked classes) are no risk.
+    (Emissions themselves never underflow unnoticed: :func:`_emissions` reports ``wide``.)"""
+    length = y_label.shape[0]
     width = 2 * length + 1
     lo = max(0, width - 2 - 2 * (frames - 1 - t))
     hi = min(width - 1, 2 * t + 1)
-    prev_b, prev_l = prev[:length + 1], prev[length + 1:]
-    new_b, new_l = row[:length + 1], row[length + 1:]
-    # blank states s = 2k with lo <= s <= hi
+    off = np.uint64(length + 1)
+    count = 0
+    # blank states s = 2k with lo <= s <= hi: predecessors blank k and label k - 1
     k_lo, k_hi = (lo + 1) // 2, hi // 2 + 1
-    if log_blank > _NEG_INF and k_lo < k_hi:
-        if k_lo == 0 and new_b[0] < _TINY and prev_b[0] > 0.0:
-            return True
-        k_lo = max(k_lo, 1)
-        if _count_flushed_blanks(new_b[k_lo:k_hi], prev_b[k_lo:k_hi], prev_l[k_lo - 1:k_hi - 1]) > 0:
-            return True
-    # label states s = 2k + 1 with lo <= s <= hi
+    if y_blank > 0.0 and k_lo < k_hi:
+        if k_lo == 0:
+            count += (row[0] < _TINY) & (prev[0] > 0.0)
+            k_lo = 1
+        for k in range(np.uint64(k_lo), np.uint64(k_hi)):
+            count += (row[k] < _TINY) & (prev[k] + prev[off + k - _U1] > 0.0)
+    # label states s = 2k + 1: predecessors label k, blank k, label k - 1 when skipping
     k_lo, k_hi = lo // 2, min((hi - 1) // 2 + 1, length)
     if k_lo < k_hi:
-        if k_lo == 0 and new_l[0] < _TINY and prev_l[0] + prev_b[0] > 0.0 and log_labels[0] > _NEG_INF:
-            return True
-        k_lo = max(k_lo, 1)
-        return _count_flushed_labels(new_l[k_lo:k_hi], prev_l[k_lo:k_hi], prev_b[k_lo:k_hi], prev_l[k_lo - 1:k_hi - 1],
-                                     skip[k_lo:k_hi], log_labels[k_lo:k_hi]) > 0
-    return False
+        if k_lo == 0:
+            count += (row[off] < _TINY) & (prev[off] + prev[0] > 0.0) & (y_label[0] > 0.0)
+            k_lo = 1
+        for k in range(np.uint64(k_lo), np.uint64(k_hi)):
+            pred = prev[off + k] + prev[k] + skip[k] * prev[off + k - _U1]
+            count += (row[off + k] < _TINY) & (pred > 0.0) & (y_label[k] > 0.0)
+    return count > 0
 
 
-@njit(**NJIT)
-def _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, emit_blank, emit_label, emit_shift, exp_row, gathered, scratch):
+@njit(**HOT)
+def _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered, scratch):
     """The forward recursion (eqs. 6-7) keeping every row: ``alpha[t]`` block-normalised,
-    ``scales[t]`` its log-scales. Frame t's emissions are kept in ``emit_*`` for the
-    backward pass. Returns ``log P`` (eq. 8): -inf when no path survives, NaN for a NaN."""
+    ``scales[t]`` its blocks' power-of-two exponents, ``shifts[t]`` the row's log-shift:
+    alpha = value * 2^scale * exp(shift). Frame t's emissions are kept in ``emit_*`` for
+    the backward pass. Returns ``log P`` (eq. 8): -inf when no path survives, NaN for NaN."""
     length = labels.shape[0]
+    shift = 0.0
     for t in range(frames):
-        m, y_blank = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row, gathered, scratch)
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row, gathered, scratch)
         emit_blank[t], emit_shift[t] = y_blank, m
         if m != m:
             return np.nan
         if m == _NEG_INF:
             return _NEG_INF
         if t == 0:
-            state = _alpha_first_row(alpha[0], scales[0], log_probs, n, blank, labels)
+            state, shift = _alpha_first_row(alpha[0], scales[0], log_probs, n, blank, labels)
         else:
             state = _alpha_row(alpha[t - 1], scales[t - 1], alpha[t], scales[t], t, frames, y_blank, emit_label[t], m, skip, log_probs, n, blank, labels)
+            shift += m
+        shifts[t] = shift
         if state < 0:
             return np.nan
         if state == 0:
             return _NEG_INF
-    return _end_log_likelihood(alpha[frames - 1], scales[frames - 1], length)
+    return _end_log_likelihood(alpha[frames - 1], scales[frames - 1], length, shift)
 
 
-@njit(**NJIT)
+@njit(**HOT)
 def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch):
     """:func:`_alpha_pass` on two rolling rows, for the loss alone. Returns
     ``(log P, at_risk)``: ``at_risk`` is False when no state that may reach the end ever
-    fell below ``_TINY`` of its block (then no relevant path lost precision)."""
+    lost precision (see :func:`_row_at_risk`)."""
     length = labels.shape[0]
     at_risk = False
+    shift = 0.0
     for t in range(frames):
-        m, y_blank = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch)
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch)
         if m != m:
             return np.nan, False
         if m == _NEG_INF:
             return _NEG_INF, True
         row, row_scales = rows[t % 2], scales[t % 2]
         if t == 0:
-            state = _alpha_first_row(row, row_scales, log_probs, n, blank, labels)
+            state, shift = _alpha_first_row(row, row_scales, log_probs, n, blank, labels)
         else:
             state = _alpha_row(rows[(t - 1) % 2], scales[(t - 1) % 2], row, row_scales, t, frames, y_blank, y_label, m, skip, log_probs, n, blank, labels)
+            shift += m
         if state < 0:
             return np.nan, False
         if state == 0:
             return _NEG_INF, True
         if t > 0 and not at_risk:
-            at_risk = _row_at_risk(rows[(t - 1) % 2], row, t, frames, np.float64(log_probs[t, n, blank]), gathered, skip)
-    return _end_log_likelihood(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length), at_risk
+            at_risk = wide or _row_at_risk(rows[(t - 1) % 2], row, t, frames, y_blank, y_label, skip)
+    return _end_log_likelihood(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length, shift), at_risk
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _beta_block(next_b, next_scales, cur, j, y_blank, y_label, skip):
     """Eqs. 10-11 without frame t's own emission, for block j:
     b[t, s] = w(s) + w(s+1) [+ w(s+2)],  w(s') = y[t+1, l'_s'] b[t+1, s'].
 
-    ``y_*`` are frame t+1's emissions. Values are relative to ``base``, the larger of the
-    block's own scale and the log of what its last label reads from block j + 1 (that
+    ``y_*`` are frame t+1's emissions. Values are relative to ``2^base``, the larger of the
+    block's own exponent and that of what its last label reads from block j + 1 (that
     block's first blank and label). Returns ``(base, sum of the block)``.
     """
     length = y_label.shape[0]
     k0, kb, kl = _block(j, length)
     off = length + 1
-    log_cross = _NEG_INF
+    cross, cross_exponent = 0.0, _NEG_INF
     if kl == kb and kl <= length and j + 1 < next_scales.shape[0]:
         cross = y_blank * next_b[kl] + (skip[kl] * y_label[kl] * next_b[off + kl] if kl < length else 0.0)
         if cross > 0.0:
-            log_cross = next_scales[j + 1] + np.log(cross)
+            cross_exponent = next_scales[j + 1] + math.frexp(cross)[1]
     own = next_scales[j]
-    base = max(own, log_cross)
+    base = max(own, cross_exponent)
     if base == _NEG_INF:
         return base, 0.0
-    f_own = np.exp(own - base) if own < base else 1.0
+    f_own = _relative(1.0, own, base)
     uoff = np.uint64(off)
     u0 = np.uint64(k0)
     for k in range(u0, np.uint64(min(kb, length))):  # blank k: itself and label k
@@ -515,41 +525,43 @@ def _beta_block(next_b, next_scales, cur, j, y_blank, y_label, skip):
         if kl < kb:  # the next state is the final blank, in this block
             cur[off + k] = (y_label[k] * next_b[off + k] + y_blank * next_b[k + 1]) * f_own
         else:  # the next states open block j + 1
-            cur[off + k] = y_label[k] * next_b[off + k] * f_own + np.exp(log_cross - base)
+            cur[off + k] = y_label[k] * next_b[off + k] * f_own + _relative(cross, next_scales[j + 1] if cross > 0.0 else _NEG_INF, base)
     return base, _block_sum(cur, j, length)
 
 
 @njit(**NJIT)
 def _beta_block_log(next_b, next_scales, cur, j, log_probs, t_next, n, blank, labels, skip, m, work):
     """:func:`_beta_block` in log space for a block whose rescaled sum underflowed.
-    Returns ``(base + top, sum of the block)`` with the block holding ``b / exp(top)``."""
+    Returns ``(exponent, sum of the block)``."""
     length = labels.shape[0]
     k0, kb, kl = _block(j, length)
     own = next_scales[j]
     right = next_scales[j + 1] if j + 1 < next_scales.shape[0] else _NEG_INF
     base = max(own, right)
-    log_own, log_right = own - base, right - base
+    log_own = (own - base) * _LN2 if own > _NEG_INF else _NEG_INF
+    log_right = (right - base) * _LN2 if right > _NEG_INF else _NEG_INF
     log_blank = np.float64(log_probs[t_next, n, blank]) - m
-    # work holds log w(s') for the block's states and the next block's first two:
-    # [blank k0 .. blank min(kb, L+1) + 1) then labels, split as in the rows.
+    # work holds log w(s') for the block's states and the next block's first two, split
+    # as in the rows; blank kb and label kl, when they exist, open block j + 1.
     top = _NEG_INF
     hi_b = min(kb + 1, length + 1)
     hi_l = min(kl + 1, length)
-    for k in range(k0, hi_b):  # blank kb, if any, opens block j + 1
+    for k in range(k0, hi_b):
         b = next_b[k]
         work[k] = np.log(b) + log_blank + (log_own if k < kb else log_right) if b > 0.0 else _NEG_INF
         top = max(top, work[k])
-    for k in range(k0, hi_l):  # label kl, if any, opens block j + 1
+    for k in range(k0, hi_l):
         b = next_b[length + 1 + k]
         log_label = np.float64(log_probs[t_next, n, labels[k]]) - m
         work[length + 1 + k] = np.log(b) + log_label + (log_own if k < kl else log_right) if b > 0.0 else _NEG_INF
         top = max(top, work[length + 1 + k])
     if top == _NEG_INF:
         return top, 0.0
+    power = np.floor(top / _LN2)
     for k in range(k0, hi_b):
-        work[k] = np.exp(work[k] - top)
+        work[k] = np.exp(work[k] - power * _LN2)
     for k in range(k0, hi_l):
-        work[length + 1 + k] = np.exp(work[length + 1 + k] - top)
+        work[length + 1 + k] = np.exp(work[length + 1 + k] - power * _LN2)
     wb, wl = work[:length + 1], work[length + 1:]
     cb, cl = cur[:length + 1], cur[length + 1:]
     for k in range(k0, kb):
@@ -559,10 +571,10 @@ def _beta_block_log(next_b, next_scales, cur, j, log_probs, t_next, n, blank, la
         if k + 1 < length:
             v += skip[k + 1] * wl[k + 1]
         cl[k] = v
-    return base + top, _block_sum(cur, j, length)
+    return base + power, _block_sum(cur, j, length)
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _beta_row(next_b, next_scales, cur, cur_scales, t, frames, y_blank, y_label, m, skip, log_probs, n, blank, labels, work):
     """b[t] from b[t+1] and frame t+1's emissions over the band's blocks.
     Returns 1 when some state survives, 0 when none does, -1 for a NaN."""
@@ -579,7 +591,7 @@ def _beta_row(next_b, next_scales, cur, cur_scales, t, frames, y_blank, y_label,
         if total < _UNDERFLOW and base > _NEG_INF:
             base, total = _beta_block_log(next_b, next_scales, cur, j, log_probs, t + 1, n, blank, labels, skip, m, work)
         if total > 0.0:
-            _finish_block(cur, cur_scales, j, length, base + m, total)
+            _finish_block(cur, cur_scales, j, length, base, total)
             alive = 1
         else:
             _clear_block(cur, cur_scales, j, length)
@@ -601,13 +613,14 @@ def _beta_init(row, scales, length):
         _finish_block(row, scales, j, length, 0.0, _block_sum(row, j, length))
 
 
-@njit(**NJIT)
+@njit(**HOT)
 def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch, work):
     """log P from the backward recursion alone (eqs. 10-11, 13), to check the forward one."""
     length = labels.shape[0]
     _beta_init(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length)
+    shift = 0.0
     for t in range(frames - 2, -1, -1):
-        m, y_blank = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, scratch)
+        m, y_blank, wide = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, scratch)
         if not m > _NEG_INF:
             return m if m != m else _NEG_INF
         state = _beta_row(rows[(t + 1) % 2], scales[(t + 1) % 2], rows[t % 2], scales[t % 2], t, frames, y_blank, y_label, m, skip, log_probs, n, blank, labels, work)
@@ -615,15 +628,16 @@ def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, sc
             return np.nan
         if state == 0:
             return _NEG_INF
+        shift += m
     b0, s0 = rows[0], scales[0]
-    m, y_blank = _emissions(log_probs, 0, n, blank, labels, y_label, exp_row, gathered, scratch)
-    log_p = np.log(y_blank * b0[0]) + m + s0[0] if y_blank * b0[0] > 0.0 else _NEG_INF
-    if length > 0 and y_label[0] * b0[length + 1] > 0.0:
-        log_p = _logaddexp(log_p, np.log(y_label[0] * b0[length + 1]) + m + s0[0])
-    return log_p
+    m, y_blank, wide = _emissions(log_probs, 0, n, blank, labels, y_label, exp_row, gathered, scratch)
+    start = y_blank * b0[0] + (y_label[0] * b0[length + 1] if length > 0 else 0.0)
+    if not start > 0.0:
+        return _NEG_INF
+    return np.log(start) + s0[0] * _LN2 + m + shift
 
 
-@njit(**NJIT)
+@njit(**INLINE)
 def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, torch_grad):
     """Write frame t's class posteriors (eq. 16) for item n.
 
@@ -644,8 +658,8 @@ def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, 
         grad[t, n, labels[k]] -= scale * label_post[k]
 
 
-@njit(**NJIT)
-def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, log_p, emit_blank, emit_label, emit_shift,
+@njit(**HOT)
+def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, log_p, emit_blank, emit_label, emit_shift,
                    mode, grad, post, slot, scale, torch_grad, work, label_post):
     """Backward recursion with the posterior scatter (eqs. 14-16); False when eq. 14 fails
     at a frame (then the caller recomputes the item in log space)."""
@@ -653,8 +667,10 @@ def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, log
     blocks = _num_blocks(length)
     rows = np.empty((2, 2 * length + 1))
     b_scales = np.empty((2, blocks))
-    block_log = np.empty(blocks)
+    block_mass = np.empty(blocks)
+    block_exponent = np.empty(blocks)
     _beta_init(rows[(frames - 1) % 2], b_scales[(frames - 1) % 2], length)
+    b_shift = 0.0
     for t in range(frames - 1, -1, -1):
         b_row, b_sc = rows[t % 2], b_scales[t % 2]
         if t < frames - 1:
@@ -662,23 +678,26 @@ def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, log
                               emit_blank[t + 1], emit_label[t + 1], emit_shift[t + 1], skip, log_probs, n, blank, labels, work)
             if state <= 0:
                 return False
+            b_shift += emit_shift[t + 1]
         a_row, a_sc = alpha[t], scales[t]
-        # eq. 14 per block: log of sum_s alpha b over the block, scales included
-        log_z = _NEG_INF
+        # eq. 14: sum_s alpha b, block by block, each block 2^(exponents) apart
+        top = _NEG_INF
         for j in range(blocks):
             k0, kb, kl = _block(j, length)
-            d = _range_dot(a_row, b_row, k0, kb) + _range_dot(a_row, b_row, length + 1 + k0, length + 1 + kl)
-            block_log[j] = np.log(d) + a_sc[j] + b_sc[j] if d > 0.0 else _NEG_INF
-            log_z = _logaddexp(log_z, block_log[j])
-        if not log_z > _NEG_INF or abs(log_z - log_p) > _LOG_P_TOLERANCE:
+            block_mass[j] = _range_dot(a_row, b_row, k0, kb) + _range_dot(a_row, b_row, length + 1 + k0, length + 1 + kl)
+            block_exponent[j] = a_sc[j] + b_sc[j] if block_mass[j] > 0.0 else _NEG_INF
+            top = max(top, block_exponent[j])
+        if top == _NEG_INF:
+            return False
+        z = 0.0
+        for j in range(blocks):
+            z += _relative(block_mass[j], block_exponent[j], top)
+        if abs(np.log(z) + top * _LN2 + shifts[t] + b_shift - log_p) > _LOG_P_TOLERANCE:
             return False
         blank_post = 0.0
         for j in range(blocks):
             k0, kb, kl = _block(j, length)
-            if block_log[j] == _NEG_INF:
-                label_post[k0:kl] = 0.0
-                continue
-            factor = np.exp(a_sc[j] + b_sc[j] - log_z)
+            factor = _relative(1.0 / z, block_exponent[j], top)
             blank_post += _range_dot(a_row, b_row, k0, kb) * factor
             _label_posteriors(label_post, a_row, b_row, k0, kl, length + 1, factor)
         _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, torch_grad)
@@ -800,15 +819,16 @@ def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, bl
     else:
         alpha = np.empty((frames, width))
         scales = np.empty((frames, blocks))
+        shifts = np.empty(frames)
         emit_blank = np.empty(frames)
         emit_shift = np.empty(frames)
         emit_label = np.empty((frames, length))
-        log_p = _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, emit_blank, emit_label, emit_shift, exp_row, gathered, scratch)
+        log_p = _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered, scratch)
         if log_p != log_p:
             _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
             return np.nan, STATUS_OK
         if log_p > _NEG_INF:
-            ok = _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, log_p, emit_blank, emit_label, emit_shift,
+            ok = _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, log_p, emit_blank, emit_label, emit_shift,
                                 mode, grad, post, slot, scale, torch_grad, work, label_post)
     # A -inf from the rescaled pass (no surviving path) is confirmed in log space too:
     # underflow must never fake an infinite loss.
