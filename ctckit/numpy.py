@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
+from . import _core, _decode
+from ._decode import TokenSpan
 from ._inputs import check_gradient, prepare, reduction_weights
 
-__all__ = ["ctc_loss", "ctc_loss_and_grad"]
+__all__ = ["ctc_loss", "ctc_loss_and_grad", "forced_align", "merge_tokens", "greedy_decode", "beam_search",
+           "ctc_posteriors", "TokenSpan"]
 
 
 def _as_log_probs(log_probs) -> tuple[np.ndarray, np.dtype]:
@@ -82,3 +84,75 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     then yields the same logit gradient).
     """
     return _losses_and_grad(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, True, gradient)
+
+
+def forced_align(log_probs, targets, input_lengths, target_lengths, blank=0):
+    r"""The single most probable path (Viterbi) that collapses to each target.
+
+    Arguments as in :func:`ctc_loss` (targets padded or concatenated, lengths as arrays,
+    lists or ints, int32 or int64).
+
+    Returns:
+        ``(alignments, scores)``: ``alignments`` int64 (N, T) (``(T,)`` unbatched), the class
+        each frame emits on the best path, ``-1`` on frames ``t >= input_lengths[n]``;
+        ``scores`` (N, T) in the dtype of ``log_probs``, the log-prob of that class at that
+        frame, 0 on padding frames, so ``scores[n].sum()`` is the path's log-probability.
+
+    Ties go to the smallest jump (each label is emitted as early as possible); an item
+    whose target needs more frames than it has (``T < L + R``, R the repeats) raises
+    :class:`ctckit.CTCInputError` naming its batch index, T, L and R.
+
+    .. math:: \delta_t(s) = \log y^t_{l'_s} + \max(\delta_{t-1}(s), \delta_{t-1}(s-1), [\delta_{t-1}(s-2)])
+    """
+    return _decode.forced_align(log_probs, targets, input_lengths, target_lengths, blank)
+
+
+def merge_tokens(alignment, scores, blank=0):
+    """The token spans of one alignment (1-D, as one row of :func:`forced_align`'s output).
+
+    Returns a list of :class:`TokenSpan` ``(token, start, end, score)``: ``end`` exclusive,
+    ``score`` the mean per-frame probability over the span; blanks and padding (``-1``)
+    frames are dropped, and a new span starts at every change of label.
+    """
+    return _decode.merge_tokens(alignment, scores, blank)
+
+
+def greedy_decode(log_probs, input_lengths=None, blank=0):
+    """Best-path decoding: the most probable class per frame, repeats merged, blanks removed.
+
+    Returns one list of label ints per item (a single list when unbatched).
+    """
+    return _decode.greedy_decode(log_probs, input_lengths, blank)
+
+
+def beam_search(log_probs, input_lengths=None, beam_width=16, blank=0, top_k=1, *, token_min_log_prob=-10.0,
+                lm=None, lm_weight=0.5, hotwords=None, hotword_weight=2.0):
+    """CTC prefix beam search.
+
+    Returns, per item, up to ``top_k`` pairs ``(labels, log_prob)``, best first;
+    ``log_prob`` is the log of the labeling's total probability over all its paths.
+    With ``beam_width`` large enough to keep every prefix and
+    ``token_min_log_prob=-inf`` the first hypothesis is the exact most probable labeling
+    and its ``log_prob`` equals minus its CTC loss.
+
+    Args:
+        beam_width: prefixes kept after each frame.
+        token_min_log_prob: at each frame only labels with at least this log-prob extend a
+            prefix (the most probable label always does).
+        lm: optional ``lm(prefix: tuple, label: int) -> float``, a log-score for extending
+            ``prefix`` by ``label`` (any n-gram or neural model), added times ``lm_weight``.
+        hotwords: optional label sequences to boost: a completed hotword gains
+            ``hotword_weight`` per label; while a hypothesis ends in a hotword's beginning it
+            gains the same provisionally (lost if the match breaks).
+        With ``lm`` or ``hotwords`` the search runs in Python and ``log_prob`` includes
+        those scores.
+    """
+    return _decode.beam_search(log_probs, input_lengths, beam_width, blank, top_k, token_min_log_prob=token_min_log_prob,
+                               lm=lm, lm_weight=lm_weight, hotwords=hotwords, hotword_weight=hotword_weight)
+
+
+def ctc_posteriors(log_probs, targets, input_lengths, target_lengths, blank=0):
+    """Per-frame occupation probabilities of each class given the target (eqs. 14-16), from
+    the same forward-backward as the loss: minus its exact gradient. Shape and dtype of
+    ``log_probs``; each used frame sums to one; zero for infeasible items and padding."""
+    return _decode.ctc_posteriors(log_probs, targets, input_lengths, target_lengths, blank)

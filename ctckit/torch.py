@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _core
+from . import _core, _decode
+from ._decode import TokenSpan
 from ._inputs import as_index_array, check_blank, check_gradient, check_reduction, check_shapes, check_values
 
-__all__ = ["ctc_loss", "CTCLoss"]
+__all__ = ["ctc_loss", "CTCLoss", "forced_align", "merge_tokens", "greedy_decode", "beam_search", "ctc_posteriors",
+           "TokenSpan"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -198,3 +200,41 @@ class CTCLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"blank={self.blank}, reduction={self.reduction!r}, zero_infinity={self.zero_infinity}, gradient={self.gradient!r}"
+
+
+def _to_numpy(value):
+    if isinstance(value, Tensor):
+        if value.device.type != "cpu":
+            raise ValueError(f"a tensor is on device '{value.device}'; ctckit computes on the CPU (pass CPU tensors)")
+        if value.dtype in (torch.float16, torch.bfloat16):
+            value = value.float()
+        return value.detach().numpy()
+    return value
+
+
+def forced_align(log_probs, targets, input_lengths, target_lengths, blank: int = 0):
+    """:func:`ctckit.numpy.forced_align` on tensors: ``(alignments, scores)`` as tensors
+    (int64 and the dtype of ``log_probs``)."""
+    alignments, scores = _decode.forced_align(*map(_to_numpy, (log_probs, targets, input_lengths, target_lengths)), blank)
+    return torch.from_numpy(alignments), torch.from_numpy(scores).to(log_probs.dtype)
+
+
+def merge_tokens(alignment, scores, blank: int = 0):
+    """:func:`ctckit.numpy.merge_tokens` on tensors."""
+    return _decode.merge_tokens(_to_numpy(alignment), _to_numpy(scores), blank)
+
+
+def greedy_decode(log_probs, input_lengths=None, blank: int = 0):
+    """:func:`ctckit.numpy.greedy_decode` on tensors."""
+    return _decode.greedy_decode(_to_numpy(log_probs), _to_numpy(input_lengths), blank)
+
+
+def beam_search(log_probs, input_lengths=None, beam_width: int = 16, blank: int = 0, top_k: int = 1, **options):
+    """:func:`ctckit.numpy.beam_search` on tensors (same keyword-only options)."""
+    return _decode.beam_search(_to_numpy(log_probs), _to_numpy(input_lengths), beam_width, blank, top_k, **options)
+
+
+def ctc_posteriors(log_probs, targets, input_lengths, target_lengths, blank: int = 0):
+    """:func:`ctckit.numpy.ctc_posteriors` on tensors."""
+    posteriors = _decode.ctc_posteriors(*map(_to_numpy, (log_probs, targets, input_lengths, target_lengths)), blank)
+    return torch.from_numpy(posteriors).to(log_probs.dtype)

@@ -1,0 +1,133 @@
+"""Speed of forced alignment and beam search, against the references a user would reach for.
+
+Forced alignment: ctckit's batched Viterbi against torchaudio's ``forced_align`` when
+torchaudio is importable, else against a straightforward NumPy Viterbi (vectorised over
+states, one item at a time). Beam search: ctckit against pyctcdecode without a language
+model at the same beam width and token pruning, on the same outputs; reports how often
+the best hypotheses agree and the speed ratio.
+
+Run: ``python benchmarks/bench_align.py`` (``pip install pyctcdecode`` for the second part).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import ctckit.numpy as cn
+
+
+def _median_seconds(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def numpy_viterbi(lp, labels, blank=0):
+    """Reference: Viterbi for one (T, C) item, vectorised over the states with NumPy."""
+    ext = [blank]
+    for c in labels:
+        ext += [int(c), blank]
+    ext = np.array(ext)
+    frames, width = lp.shape[0], len(ext)
+    can_skip = np.zeros(width, dtype=bool)
+    can_skip[3::2] = ext[3::2] != ext[1:-2:2]
+    delta = np.full(width, -np.inf)
+    delta[:2] = lp[0, ext[:2]]
+    back = np.zeros((frames, width), dtype=np.int8)
+    for t in range(1, frames):
+        stay, one, two = delta, np.r_[-np.inf, delta[:-1]], np.where(can_skip, np.r_[-np.inf, -np.inf, delta[:-2]], -np.inf)
+        stacked = np.stack([stay, one, two])
+        back[t] = stacked.argmax(0)
+        delta = stacked.max(0) + lp[t, ext]
+    s = width - 1 if delta[-1] >= delta[-2] else width - 2
+    path = np.empty(frames, dtype=np.int64)
+    for t in range(frames - 1, -1, -1):
+        path[t] = ext[s]
+        s -= back[t, s]
+    return path
+
+
+def bench_alignment(repeats):
+    rng = np.random.default_rng(0)
+    print("forced alignment, float32, all inputs of length T (ms per batch, median)")
+    print(f"{'T N C S':>18} | {'ctckit':>8} | {'reference':>10} | ratio | reference")
+    for frames, batch, classes, length in [(200, 16, 32, 60), (1000, 8, 32, 300), (3000, 4, 64, 800)]:
+        lp = rng.standard_normal((frames, batch, classes)).astype(np.float32)
+        lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+        targets = rng.integers(1, classes, (batch, length))
+        ours = _median_seconds(lambda: cn.forced_align(lp, targets, [frames] * batch, [length] * batch), repeats)
+        try:
+            import torch
+            import torchaudio.functional as AF
+
+            tlp = torch.from_numpy(lp)
+
+            def reference():
+                for n in range(batch):
+                    AF.forced_align(tlp[:, n][None], torch.from_numpy(targets[n][None]).int(), blank=0)
+
+            name = "torchaudio.forced_align, per item"
+        except ImportError:
+            def reference():
+                for n in range(batch):
+                    numpy_viterbi(lp[:, n], targets[n])
+
+            name = "NumPy Viterbi, per item"
+        theirs = _median_seconds(reference, max(3, repeats // 3))
+        expected = numpy_viterbi(lp[:, 0], targets[0])
+        assert (cn.forced_align(lp[:, 0], targets[0], frames, length)[0] == expected).all()
+        print(f"{frames:>5} {batch:>3} {classes:>3} {length:>4} | {ours * 1e3:8.2f} | {theirs * 1e3:10.2f} | {theirs / ours:5.1f} | {name}")
+
+
+def bench_beam_search(repeats, beam_width):
+    try:
+        from pyctcdecode import build_ctcdecoder
+    except ImportError:
+        print("beam search: pyctcdecode not installed (pip install pyctcdecode): skipped")
+        return
+    rng = np.random.default_rng(1)
+    alphabet = [""] + [chr(ord("a") + i) for i in range(26)] + [" ", "'"]
+    classes, frames, batch = len(alphabet), 200, 32
+    decoder = build_ctcdecoder(alphabet)
+    # peaky outputs, as a trained model gives: a random transcript, smeared over frames
+    logits = rng.standard_normal((frames, batch, classes)) * 2.0
+    for n in range(batch):
+        for t in range(0, frames, 3):
+            logits[t, n, rng.integers(1, classes)] += 6.0
+    lp = (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
+    token_min = -5.0  # pyctcdecode's default token_min_logp
+
+    def ours():
+        return cn.beam_search(lp, beam_width=beam_width, token_min_log_prob=token_min)
+
+    def theirs():
+        return [decoder.decode(lp[:, n], beam_width=beam_width, token_min_logp=token_min) for n in range(batch)]
+
+    ours_texts = ["".join(alphabet[c] for c in hyps[0][0]) for hyps in ours()]
+    their_texts = theirs()
+    agree = np.mean([a == b for a, b in zip(ours_texts, their_texts)])
+    t_ours = _median_seconds(ours, repeats)
+    t_theirs = _median_seconds(theirs, max(3, repeats // 3))
+    print(f"beam search, beam {beam_width}, {batch} items of T={frames}, C={classes}: ctckit {t_ours * 1e3:.1f} ms, "
+          f"pyctcdecode {t_theirs * 1e3:.1f} ms, ratio {t_theirs / t_ours:.1f}x, best hypotheses agree on {agree:.0%}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--beam-width", type=int, default=16)
+    args = parser.parse_args(argv)
+    bench_alignment(args.repeats)
+    bench_beam_search(args.repeats, args.beam_width)
+
+
+if __name__ == "__main__":
+    main()
