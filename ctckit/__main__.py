@@ -1,4 +1,5 @@
-"""The ``ctckit`` command: ``ctckit example`` (the built-in example)."""
+"""The ``ctckit`` command: ``ctckit demo`` (train a text recognizer), ``ctckit example``
+(the loss on torch's documentation example), ``ctckit bench`` (the loss benchmark)."""
 
 from __future__ import annotations
 
@@ -56,11 +57,17 @@ def main(argv=None) -> int:
     example.set_defaults(run=_example)
     bench = commands.add_parser("bench", help="speed and memory against torch, optax and TensorFlow", add_help=False)
     bench.set_defaults(run=None)
+    demo = commands.add_parser("demo", help="train a text recognizer with the CTC loss on synthetic images", add_help=False)
+    demo.set_defaults(run=None)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         from .bench import main as bench_main
 
         return bench_main(rest)
+    if args.command == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.run(args)

@@ -271,8 +271,13 @@ def run_cold_start(log=print):
 
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
-        times = [float(subprocess.run([sys.executable, "-c", _COLD], capture_output=True, text=True, env=env, check=True).stdout)
-                 for _ in range(3)]
+        times = []
+        for _ in range(3):
+            result = subprocess.run([sys.executable, "-c", _COLD], capture_output=True, text=True, env=env)
+            if result.returncode != 0:
+                log(f"first call in a fresh process: failed ({result.stderr.strip().splitlines()[-1:]})")
+                return dict(error=result.stderr[-2000:])
+            times.append(float(result.stdout))
     out = dict(cold_compile_s=times[0], warm_cache_s=min(times[1:]))
     log(f"first call in a fresh process incl. imports: empty cache {times[0]:.1f} s, warm cache {out['warm_cache_s']:.2f} s")
     return out
