@@ -147,15 +147,21 @@ def load_provider(name, problem):
 
 
 def interleaved_medians(calls: dict, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds per callable, running them round-robin ``repeats`` times."""
+    """Median seconds per callable, running them round-robin ``repeats`` times, in a
+    shuffled order each round."""
     for fn in calls.values():
         for _ in range(warmup):
             fn()
     samples = {name: [] for name in calls}
+    order = list(calls)
+    shuffle = np.random.default_rng(0)
     for _ in range(repeats):
-        for name, fn in calls.items():
+        # a new order each round: no provider always runs right after another (some peers'
+        # thread pools keep spinning for a while after a call)
+        shuffle.shuffle(order)
+        for name in order:
             start = time.perf_counter()
-            fn()
+            calls[name]()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 

@@ -166,3 +166,21 @@ def test_workspaces_are_never_read_before_written():
                             env={**os.environ, "NUMBA_DISABLE_JIT": "1"}, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("frames,length,want_grad", [(2000, 500, True), (2000, 500, False), (10000, 2000, True), (10000, 2000, False)])
+def test_ordinary_long_inputs_stay_on_the_rescaled_path(frames, length, want_grad):
+    # Exactness never depends on this (a rejected item is recomputed in log space), speed
+    # does: ordinary log-softmax outputs must not be rejected, however long.
+    from ctckit._core import loss
+
+    rng = np.random.default_rng(frames)
+    lp = log_softmax(rng.standard_normal((frames, 1, 32))).astype(np.float32)
+    targets = rng.integers(1, 32, length)
+    mode = loss.GRAD_COMPACT if want_grad else loss.GRAD_NONE
+    nll, status = np.empty(1), np.empty(1, np.int8)
+    post = np.zeros((frames, length + 1) if want_grad else (1, 1), np.float32)
+    loss.ctc_loss_batch(lp, targets, np.zeros(1, np.int64), np.array([frames]), np.array([length]), 0, mode, False,
+                        np.ones(1), nll, np.zeros((1, 1, 1), np.float32), post, status)
+    assert np.isfinite(nll).all()
+    assert status[0] == loss.STATUS_OK

@@ -52,7 +52,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .config import HOT, INLINE, NJIT, PARALLEL, REDUCE
+from .config import HOT, INLINE, NJIT, PARALLEL
 from .vexp import vexp_shifted
 from .vexp import vexp_shifted
 
@@ -106,33 +106,11 @@ def _log_emission(log_probs, t, n, blank, labels, s):
 
 
 @njit(**INLINE)
-def _sum(row):
-    total = 0.0
-    for v in row:
-        total += v
-    return total
-
-
-@njit(**INLINE)
-def _dot(a, b):
-    total = 0.0
-    for i in range(a.shape[0]):
-        total += a[i] * b[i]
-    return total
-
-
-@njit(**INLINE)
 def _label_posteriors(out, a, b, k0, kl, off, factor):
     """out[k] = a[off + k] b[off + k] factor for labels k in [k0, kl)."""
     uoff = np.uint64(off)
     for k in range(np.uint64(k0), np.uint64(kl)):
         out[k] = a[uoff + k] * b[uoff + k] * factor
-
-
-@njit(**INLINE)
-def _scale(row, factor):
-    for i in range(row.shape[0]):
-        row[i] *= factor
 
 
 @njit(**INLINE)
