@@ -23,20 +23,9 @@ from numba import njit, prange, types
 from numba.typed import Dict, List
 
 from .config import NJIT, PARALLEL
+from .loss import _logaddexp as _lae
 
 _NEG_INF = -np.inf
-
-
-@njit(**NJIT)
-def _lae(a, b):
-    """log(exp(a) + exp(b))."""
-    if a == _NEG_INF:
-        return b
-    if b == _NEG_INF:
-        return a
-    if a > b:
-        return a + np.log1p(np.exp(b - a))
-    return b + np.log1p(np.exp(a - b))
 
 
 @njit(**NJIT)
