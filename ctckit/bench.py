@@ -354,6 +354,14 @@ def main(argv=None) -> int:
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     shapes = args.shapes.split(",")
     providers = args.providers.split(",")
+    for given, known, option in ((shapes, SHAPES, "--shapes"), (providers, PROVIDERS, "--providers")):
+        unknown = [name for name in given if name not in known]
+        if unknown:
+            parser.error(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    if "ctckit" not in providers:
+        parser.error("--providers must include ctckit (the ratios are relative to it)")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     report = dict(threads=args.threads, machine=dict(cpus=os.cpu_count()))
     print(f"CTC loss, float32, {args.threads} threads; median of {args.repeats} interleaved runs (ms); "
           f"ratio = fastest peer / ctckit")

@@ -36,3 +36,15 @@ def test_kernels_are_cached_on_disk(tmp_path):
     second = _run(code, NUMBA_CACHE_DIR=str(tmp_path))
     assert first.split() == ["0", "1"]
     assert second.split() == ["1", "0"]
+
+
+def test_bench_rejects_unknown_shapes_and_providers(capsys):
+    import pytest
+
+    from ctckit.bench import main
+
+    for argv, message in ((["--shapes", "docs,nope"], "--shapes: unknown nope; choose from docs"),
+                          (["--providers", "torch"], "--providers must include ctckit")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err
