@@ -26,11 +26,13 @@ def test_py_typed_is_shipped():
 
 
 def test_kernels_are_cached_on_disk(tmp_path):
+    # Every kernel takes its flags from ctckit._core.config (cache=True); checked here on the
+    # Viterbi kernel, which compiles in seconds (the loss kernels take about a minute cold).
     code = """
         import ctckit.numpy
-        from ctckit._core.loss import ctc_loss_batch
-        ctckit.numpy.ctc_loss_and_grad([[0.0, -1.0]] * 3, [1], 3, 1)
-        print(sum(ctc_loss_batch.stats.cache_hits.values()), sum(ctc_loss_batch.stats.cache_misses.values()))
+        from ctckit._core.align import viterbi_batch
+        ctckit.numpy.forced_align([[0.0, -1.0]] * 3, [1], 3, 1)
+        print(sum(viterbi_batch.stats.cache_hits.values()), sum(viterbi_batch.stats.cache_misses.values()))
     """
     first = _run(code, NUMBA_CACHE_DIR=str(tmp_path))
     second = _run(code, NUMBA_CACHE_DIR=str(tmp_path))
@@ -48,3 +50,11 @@ def test_bench_rejects_unknown_shapes_and_providers(capsys):
         with pytest.raises(SystemExit):
             main(argv)
         assert message in capsys.readouterr().err
+
+
+def test_every_batch_kernel_caches_to_disk():
+    from ctckit._core import align, beam, loss
+
+    kernels = [loss.ctc_loss_batch, loss.scatter_posteriors, align.viterbi_batch, beam.beam_search_batch]
+    for kernel in kernels:
+        assert type(kernel._cache).__name__ != "NullCache", kernel.py_func.__name__
