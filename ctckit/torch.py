@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _core, _decode
+from . import _core, _decode, _torch_ops
 from ._decode import TokenSpan
 from ._inputs import as_index_array, check_blank, check_gradient, check_reduction, check_shapes, check_values
+from .errors import CTCInputError
 
 __all__ = ["ctc_loss", "CTCLoss", "forced_align", "merge_tokens", "greedy_decode", "beam_search", "ctc_posteriors",
            "TokenSpan"]
@@ -120,8 +121,6 @@ def _as_index_tensor(value, name: str) -> Tensor:
     if isinstance(value, Tensor):
         if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
             raise TypeError(f"{name} must have an integer dtype (int32 or int64), got {value.dtype}")
-        if value.device.type != "cpu":
-            raise ValueError(f"{name} is on device '{value.device}'; ctckit computes on the CPU (pass CPU tensors)")
         return value
     return torch.from_numpy(np.ascontiguousarray(as_index_array(value, name)))
 
@@ -129,6 +128,7 @@ def _as_index_tensor(value, name: str) -> Tensor:
 def ctc_loss(
     log_probs: Tensor, targets, input_lengths, target_lengths,
     blank: int = 0, reduction: str = "mean", zero_infinity: bool = False, *, gradient: str = "exact",
+    backend: str = "auto",
 ) -> Tensor:
     r"""The CTC loss, as ``torch.nn.functional.ctc_loss``, exact and fast.
 
@@ -143,6 +143,9 @@ def ctc_loss(
         gradient: ``"exact"`` (default): the true derivative w.r.t. ``log_probs``, minus the
             posterior occupation of each class. ``"torch"``: torch's convention, which adds
             ``exp(log_probs)`` (the two give the same gradient through a log_softmax).
+        backend: ``"auto"`` (default): the Numba core for CPU tensors, plain torch operations
+            (a loop over time, vectorised over items and states, differentiated by autograd;
+            slower) for tensors on other devices. ``"numba"`` or ``"torch"`` force one.
 
     .. math:: \mathrm{loss}_n = -\log \sum_{\pi \in \mathcal{B}^{-1}(l_n)} \prod_{t < T_n} y^t_{\pi_t}
     """
@@ -150,8 +153,9 @@ def ctc_loss(
         raise TypeError(f"log_probs must be a torch.Tensor, got {type(log_probs).__name__}")
     if not log_probs.dtype.is_floating_point:
         raise TypeError(f"log_probs must be a floating-point tensor, got {log_probs.dtype}")
-    if log_probs.device.type != "cpu":
-        raise ValueError(f"log_probs is on device '{log_probs.device}'; ctckit computes on the CPU (pass CPU tensors)")
+    if backend not in BACKENDS:
+        raise CTCInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    use_core = backend == "numba" or (backend == "auto" and log_probs.device.type == "cpu")
     torch_grad = check_gradient(gradient)
     blank = check_blank(blank)
     check_reduction(reduction)
@@ -167,8 +171,15 @@ def ctc_loss(
     if not shapes.batched:
         compute, targets = compute.unsqueeze(1), targets.reshape(1, -1)
         input_lengths, target_lengths = input_lengths.reshape(1), target_lengths.reshape(1)
-    need_grad = torch.is_grad_enabled() and compute.requires_grad
-    nll, _ = _ctc_loss_op(compute, targets, input_lengths, target_lengths, blank, torch_grad, need_grad)
+    if use_core:
+        for name, tensor in (("log_probs", compute), ("targets", targets), ("input_lengths", input_lengths), ("target_lengths", target_lengths)):
+            if tensor.device.type != "cpu":
+                raise ValueError(f"{name} is on device '{tensor.device}'; backend 'numba' computes on the CPU "
+                                 "(pass CPU tensors, or backend='auto' or 'torch')")
+        need_grad = torch.is_grad_enabled() and compute.requires_grad
+        nll, _ = _ctc_loss_op(compute, targets, input_lengths, target_lengths, blank, torch_grad, need_grad)
+    else:
+        nll = _loss_with_torch_ops(compute, targets, input_lengths, target_lengths, blank, torch_grad)
 
     if zero_infinity:
         nll = torch.where(nll == float("inf"), torch.zeros_like(nll), nll)
@@ -180,22 +191,38 @@ def ctc_loss(
     return nll.sum().to(out_dtype)
 
 
+BACKENDS = ("auto", "numba", "torch")
+
+
+def _loss_with_torch_ops(log_probs, targets, input_lengths, target_lengths, blank, torch_grad):
+    """Validate on the host (one copy of the index tensors), then :mod:`ctckit._torch_ops`."""
+    shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
+    batch = check_values(shapes, targets.cpu().numpy(), input_lengths.cpu().numpy(), target_lengths.cpu().numpy(), blank)
+    device = log_probs.device
+    as_tensor = lambda array: torch.from_numpy(array).to(device)
+    return _torch_ops.negative_log_likelihood(log_probs, as_tensor(batch.targets), as_tensor(batch.offsets),
+                                              as_tensor(batch.input_lengths), as_tensor(batch.target_lengths), blank, torch_grad)
+
+
 class CTCLoss(torch.nn.Module):
     """``torch.nn.CTCLoss`` on ctckit's core: ``CTCLoss(blank, reduction, zero_infinity)``
     called as ``(log_probs, targets, input_lengths, target_lengths)``."""
 
-    def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False, *, gradient: str = "exact"):
+    def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False, *, gradient: str = "exact",
+                 backend: str = "auto"):
         super().__init__()
         self.blank = check_blank(blank)
         self.reduction = check_reduction(reduction)
         self.zero_infinity = bool(zero_infinity)
         check_gradient(gradient)
-        self.gradient = gradient
+        if backend not in BACKENDS:
+            raise CTCInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.gradient, self.backend = gradient, backend
 
     def forward(self, log_probs: Tensor, targets, input_lengths, target_lengths) -> Tensor:
         return ctc_loss(
             log_probs, targets, input_lengths, target_lengths,
-            self.blank, self.reduction, self.zero_infinity, gradient=self.gradient,
+            self.blank, self.reduction, self.zero_infinity, gradient=self.gradient, backend=self.backend,
         )
 
     def extra_repr(self) -> str:
