@@ -12,10 +12,11 @@ from . import _core
 from ._core.align import viterbi_batch
 from ._core.beam import beam_search_batch
 from ._core.loss import min_frames_needed
-from ._inputs import as_index_array, check_blank, prepare
+from ._inputs import as_index_array, as_kernel_array, check_blank, prepare
 from .errors import CTCInputError
 
 LanguageModel = Callable[[tuple, int], float]
+_logaddexp = np.logaddexp
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,11 @@ class TokenSpan:
 
 def batched_log_probs(log_probs) -> tuple[np.ndarray, bool]:
     """(T, N, C) float32/float64 view (or copy for other float dtypes) and whether it was batched."""
-    array = np.asarray(log_probs)
-    if array.dtype.kind != "f":
-        raise TypeError(f"log_probs must be a floating-point array, got dtype {array.dtype}")
+    array, _ = as_kernel_array(log_probs)
     if array.ndim not in (2, 3):
         raise CTCInputError(f"log_probs must be (T, N, C) or unbatched (T, C), got {array.ndim} dimensions with shape {array.shape}")
     if array.size == 0:
         raise CTCInputError(f"log_probs must not be empty, got shape {array.shape}")
-    if array.dtype not in _core.KERNEL_DTYPES:
-        array = array.astype(np.float32 if array.dtype.itemsize < 4 else np.float64)
     batched = array.ndim == 3
     return (array if batched else array[:, None, :]), batched
 
@@ -114,7 +111,7 @@ def greedy_decode(log_probs, input_lengths=None, blank=0) -> list[list[int]]:
     """Best class per frame, repeats merged, blanks removed: see :func:`ctckit.numpy.greedy_decode`."""
     array, batched = batched_log_probs(log_probs)
     frames, size, classes = array.shape
-    blank = _check_blank_index(blank, classes)
+    blank = check_blank(blank, classes)
     lengths = decode_lengths(input_lengths, frames, size, batched)
     best = array.argmax(axis=2)  # (T, N)
     out = []
@@ -132,7 +129,7 @@ def beam_search(log_probs, input_lengths=None, beam_width=16, blank=0, top_k=1, 
     """CTC prefix beam search: see :func:`ctckit.numpy.beam_search`."""
     array, batched = batched_log_probs(log_probs)
     frames, size, classes = array.shape
-    blank = _check_blank_index(blank, classes)
+    blank = check_blank(blank, classes)
     lengths = decode_lengths(input_lengths, frames, size, batched)
     for name, value in (("beam_width", beam_width), ("top_k", top_k)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -160,13 +157,6 @@ def ctc_posteriors(log_probs, targets, input_lengths, target_lengths, blank=0):
     # the exact gradient of sum_n scale_n * loss_n is -scale_n * posteriors: take scale -1
     _, posteriors = _core.negative_log_likelihood(array, batch, int(blank), grad="dense", scale=-np.ones(array.shape[1]))
     return posteriors if batched else posteriors[:, 0]
-
-
-def _check_blank_index(blank, classes):
-    blank = check_blank(blank)
-    if not 0 <= blank < classes:
-        raise CTCInputError(f"blank must be in [0, C) = [0, {classes}), got {blank}")
-    return blank
 
 
 class _Scorer:
@@ -197,14 +187,6 @@ class _Scorer:
         return 0.0
 
 
-def _lae(a, b):
-    if a == -math.inf:
-        return b
-    if b == -math.inf:
-        return a
-    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
-
-
 def _beam_search_python(lp, blank, beam_width, token_min_log_prob, top_k, scorer):
     """The recursions of :mod:`ctckit._core.beam` with a language model and hotwords
     (:class:`_Scorer`). During the search hypotheses are ranked by acoustic log-probability
@@ -213,7 +195,7 @@ def _beam_search_python(lp, blank, beam_width, token_min_log_prob, top_k, scorer
     beams = {(): (0.0, -math.inf, 0.0)}  # prefix -> (log p_b, log p_nb, kept extra score)
 
     def ranked(items, final):
-        key = lambda item: -(_lae(item[1][0], item[1][1]) + item[1][2] + (0.0 if final else scorer.provisional(item[0])))
+        key = lambda item: -(_logaddexp(item[1][0], item[1][1]) + item[1][2] + (0.0 if final else scorer.provisional(item[0])))
         return sorted(items, key=key)
 
     for t in range(lp.shape[0]):
@@ -227,10 +209,10 @@ def _beam_search_python(lp, blank, beam_width, token_min_log_prob, top_k, scorer
 
         def add(prefix, b, nb, kept):
             old = nxt.get(prefix, (-math.inf, -math.inf, kept))
-            nxt[prefix] = (_lae(old[0], b), _lae(old[1], nb), old[2])
+            nxt[prefix] = (_logaddexp(old[0], b), _logaddexp(old[1], nb), old[2])
 
         for prefix, (b, nb, kept) in beams.items():
-            total = _lae(b, nb)
+            total = _logaddexp(b, nb)
             add(prefix, total + row[blank], -math.inf, kept)
             if prefix:
                 add(prefix, -math.inf, nb + row[prefix[-1]], kept)
@@ -239,4 +221,4 @@ def _beam_search_python(lp, blank, beam_width, token_min_log_prob, top_k, scorer
                 extended = prefix + (c,)
                 add(extended, -math.inf, source + row[c], nxt[extended][2] if extended in nxt else scorer.extend(prefix, c, kept))
         beams = dict(ranked(nxt.items(), final=False)[:beam_width])
-    return [(list(prefix), _lae(b, nb) + kept) for prefix, (b, nb, kept) in ranked(beams.items(), final=True)[:top_k]]
+    return [(list(prefix), _logaddexp(b, nb) + kept) for prefix, (b, nb, kept) in ranked(beams.items(), final=True)[:top_k]]

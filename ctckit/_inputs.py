@@ -17,6 +17,8 @@ import numpy as np
 from .errors import CTCInputError
 
 REDUCTIONS = ("none", "mean", "sum")
+KERNEL_DTYPES = (np.float32, np.float64)
+"""The float types the Numba kernels compute in."""
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,25 @@ class Batch:
     target_lengths: np.ndarray
 
 
-def check_blank(blank) -> int:
+def check_blank(blank, classes: int | None = None) -> int:
+    """``blank`` as an int; in ``[0, classes)`` when ``classes`` is given."""
     if isinstance(blank, bool) or not isinstance(blank, (int, np.integer)):
         raise TypeError(f"blank must be an int, got {type(blank).__name__}")
-    return operator.index(blank)
+    blank = operator.index(blank)
+    if classes is not None and not 0 <= blank < classes:
+        raise CTCInputError(f"blank must be in [0, C) = [0, {classes}), got {blank}")
+    return blank
+
+
+def as_kernel_array(log_probs) -> tuple[np.ndarray, np.dtype]:
+    """``(array, original dtype)``: log-probs as a float32/float64 array, copied only when
+    the dtype needs it (float16 computes in float32, wider types in float64)."""
+    array = np.asarray(log_probs)
+    if array.dtype.kind != "f":
+        raise TypeError(f"log_probs must be a floating-point array, got dtype {array.dtype}")
+    if array.dtype not in KERNEL_DTYPES:
+        return array.astype(np.float32 if array.dtype.itemsize < 4 else np.float64), array.dtype
+    return array, array.dtype
 
 
 def check_reduction(reduction) -> str:
@@ -122,8 +139,7 @@ def check_shapes(log_probs_shape, targets_shape, input_lengths_shape, target_len
 
 def check_values(shapes: Shapes, targets: np.ndarray, input_lengths, target_lengths, blank: int) -> Batch:
     """Check every length and every used target value; return kernel-ready arrays."""
-    if not 0 <= blank < shapes.classes:
-        raise CTCInputError(f"blank must be in [0, C) = [0, {shapes.classes}), got {blank}")
+    check_blank(blank, shapes.classes)
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets must have an integer dtype (int32 or int64), got {targets.dtype}")
     input_lengths = np.ascontiguousarray(input_lengths.reshape(-1), dtype=np.int64)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import math
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ HEIGHT, WIDTH = 32, 160
 FRAMES = WIDTH // 4
 
 
-def _fonts(rng_seed: int):
+def _fonts():
     """Pillow's built-in scalable font and any system TrueType fonts (a few sizes each)."""
     from PIL import ImageFont
 
@@ -44,7 +43,7 @@ class TextLines:
 
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
-        self.fonts = _fonts(seed)
+        self.fonts = _fonts()
 
     def sample(self):
         from PIL import Image, ImageDraw
@@ -73,7 +72,6 @@ class TextLines:
 
 
 def build_model():
-    import torch
     from torch import nn
 
     class CRNN(nn.Module):

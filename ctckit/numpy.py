@@ -10,27 +10,15 @@ import numpy as np
 
 from . import _core, _decode
 from ._decode import TokenSpan
-from ._inputs import check_gradient, prepare, reduction_weights
+from ._inputs import as_kernel_array, check_gradient, prepare, reduction_weights
 
 __all__ = ["ctc_loss", "ctc_loss_and_grad", "forced_align", "merge_tokens", "greedy_decode", "beam_search",
            "ctc_posteriors", "TokenSpan"]
 
 
-def _as_log_probs(log_probs) -> tuple[np.ndarray, np.dtype]:
-    """(T, N, C) or (T, C) array in a kernel dtype, without copying when possible."""
-    array = np.asarray(log_probs)
-    if array.dtype.kind != "f":
-        raise TypeError(f"log_probs must be a floating-point array, got dtype {array.dtype}")
-    if array.dtype == np.float16:
-        return array.astype(np.float32), array.dtype
-    if array.dtype not in _core.KERNEL_DTYPES:
-        return array.astype(np.float64), array.dtype
-    return array, array.dtype
-
-
 def _losses_and_grad(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, want_grad, gradient):
     torch_grad = check_gradient(gradient)
-    array, out_dtype = _as_log_probs(log_probs)
+    array, out_dtype = as_kernel_array(log_probs)
     shapes, batch = prepare(array.shape, targets, input_lengths, target_lengths, blank, reduction)
     batched_view = array if shapes.batched else array[:, None, :]
     weights = reduction_weights(batch.target_lengths, reduction)

@@ -1,6 +1,5 @@
 """DistributedDataParallel over two CPU processes (gloo) trains exactly like one process."""
 
-import os
 
 import torch
 import torch.distributed as dist

@@ -1,7 +1,6 @@
 """Forced alignment, token spans, greedy and beam search decoding, posteriors."""
 
 import itertools
-import math
 
 import numpy as np
 import pytest

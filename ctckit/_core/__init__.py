@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._inputs import Batch
+from .._inputs import KERNEL_DTYPES, Batch
 from .loss import GRAD_COMPACT, GRAD_DENSE, GRAD_NONE, ctc_loss_batch, scatter_posteriors
 
-KERNEL_DTYPES = (np.float32, np.float64)
 _MODES = {"none": GRAD_NONE, "dense": GRAD_DENSE, "compact": GRAD_COMPACT}
 
 

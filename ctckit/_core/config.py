@@ -2,22 +2,21 @@
 
 No ``nnan``/``ninf`` anywhere: the kernels rely on IEEE ``inf`` and ``NaN`` (masked
 classes, infeasible targets). ``contract`` (fused multiply-add) is on everywhere;
-``reassoc`` only in the small reduction helpers, so that sums over a row vectorise. Both
-fix the order of operations at compile time: results stay bitwise identical whatever
-the thread count.
+``reassoc`` only in the loss's per-item passes and the helpers inlined into them, so that
+sums over a row vectorise. Both fix the order of operations at compile time: results stay
+bitwise identical whatever the thread count.
 """
+
+_VECTORISE = {"contract", "reassoc", "nsz"}
 
 NJIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 """Options for the serial per-item kernels."""
 
-REDUCE = dict(NJIT, fastmath={"contract", "reassoc", "nsz"})
-"""Options for row reductions (sums of non-negative values) that should vectorise."""
-
-HOT = dict(REDUCE)
+HOT = dict(NJIT, fastmath=_VECTORISE)
 """Options for the per-item passes (forward, backward, gradient), into which the small
 per-block and per-frame helpers are inlined: they then vectorise, row sums included."""
 
-INLINE = dict(nogil=True, fastmath={"contract", "reassoc", "nsz"}, error_model="numpy", inline="always")
+INLINE = dict(nogil=True, fastmath=_VECTORISE, error_model="numpy", inline="always")
 """Options for those helpers: inlined at Numba's IR level, so calling them costs no
 function call and no reference counting of their array arguments (measured: about 100 ns
 per call, more than the work of a 64-state block). Inlined code takes its caller's flags."""

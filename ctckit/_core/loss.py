@@ -54,7 +54,6 @@ from numba import njit, prange
 
 from .config import HOT, INLINE, NJIT, PARALLEL
 from .vexp import vexp_shifted
-from .vexp import vexp_shifted
 
 _NEG_INF = -np.inf
 _LN2 = math.log(2.0)
