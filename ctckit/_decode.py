@@ -64,12 +64,10 @@ def decode_lengths(input_lengths, frames: int, batch: int, batched: bool) -> np.
     return lengths
 
 
-def forced_align(log_probs, targets, input_lengths, target_lengths, blank=0):
-    """``(alignments, scores)``: see :func:`ctckit.numpy.forced_align`."""
-    array, batched = batched_log_probs(log_probs)
-    frames, size, _ = array.shape
-    shapes, batch = prepare(array.shape if batched else array[:, 0].shape, targets, input_lengths, target_lengths, blank, "none")
-    for n in range(size):
+def alignable_batch(log_probs_shape, targets, input_lengths, target_lengths, blank):
+    """``(Shapes, Batch)`` of a forced alignment; raises for an item too short for its target."""
+    shapes, batch = prepare(log_probs_shape, targets, input_lengths, target_lengths, blank, "none")
+    for n in range(shapes.batch):
         labels = batch.targets[batch.offsets[n]:batch.offsets[n] + batch.target_lengths[n]]
         length = int(batch.target_lengths[n])
         needed = int(min_frames_needed(labels, length))
@@ -77,13 +75,26 @@ def forced_align(log_probs, targets, input_lengths, target_lengths, blank=0):
             raise CTCInputError(
                 f"item {n} cannot be aligned: T = {int(batch.input_lengths[n])} frames, but its target of "
                 f"L = {length} labels with R = {needed - length} repeats needs T >= L + R = {needed} (batch index {n})")
+    return shapes, batch
+
+
+def check_aligned(best: np.ndarray) -> None:
+    """Raise for the first item whose best path has probability zero."""
+    for n in np.nonzero(~(best > -np.inf))[0]:
+        raise CTCInputError(f"item {n} cannot be aligned: every path to its target has probability zero "
+                            f"(a needed class is -inf on every frame it could use) (batch index {n})")
+
+
+def forced_align(log_probs, targets, input_lengths, target_lengths, blank=0):
+    """``(alignments, scores)``: see :func:`ctckit.numpy.forced_align`."""
+    array, batched = batched_log_probs(log_probs)
+    frames, size, _ = array.shape
+    _, batch = alignable_batch(array.shape if batched else array[:, 0].shape, targets, input_lengths, target_lengths, blank)
     alignments = np.full((size, frames), -1, dtype=np.int64)
     scores = np.zeros((size, frames), dtype=array.dtype)
     best = np.empty(size)
     viterbi_batch(array, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths, int(blank), alignments, scores, best)
-    for n in np.nonzero(~(best > -np.inf))[0]:
-        raise CTCInputError(f"item {n} cannot be aligned: every path to its target has probability zero "
-                            f"(a needed class is -inf on every frame it could use) (batch index {n})")
+    check_aligned(best)
     return (alignments, scores) if batched else (alignments[0], scores[0])
 
 

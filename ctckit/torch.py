@@ -5,8 +5,15 @@ shape-only fake and an autograd formula), so it works under ``torch.compile``.
 Its forward computes the per-item losses and, when ``log_probs`` requires grad, the
 per-item gradient in the same pass; the backward only scales that gradient by the
 upstream one.
+
+Backends: the Numba core (:mod:`ctckit._core`) for CPU tensors, Triton kernels
+(:mod:`ctckit._triton`) for CUDA tensors, and plain torch operations
+(:mod:`ctckit._torch_ops`) for any other device.
 """
 
+
+import importlib.util
+import os
 
 import numpy as np
 import torch
@@ -23,9 +30,47 @@ __all__ = ["ctc_loss", "CTCLoss", "forced_align", "merge_tokens", "greedy_decode
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
-def _batch(log_probs, targets, input_lengths, target_lengths, blank):
-    shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
-    return shapes, check_values(shapes, targets.numpy(), input_lengths.numpy(), target_lengths.numpy(), blank)
+BACKENDS = ("auto", "numba", "triton", "torch")
+_KERNELS = ("numba", "triton")
+
+
+def _host(tensor: Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy()
+
+
+def _batch(log_probs_shape, targets, input_lengths, target_lengths, blank):
+    """Validate on the host (index tensors on another device are copied once)."""
+    shapes = check_shapes(log_probs_shape, targets.shape, input_lengths.shape, target_lengths.shape)
+    return shapes, check_values(shapes, _host(targets), _host(input_lengths), _host(target_lengths), blank)
+
+
+def _triton_module():
+    try:
+        from . import _triton
+    except ImportError as error:
+        raise ImportError("backend 'triton' needs the triton package: pip install 'ctckit[triton]'") from error
+    return _triton
+
+
+def _choose_backend(backend: str, device: torch.device, loss: bool = True) -> str:
+    """The backend that will run: ``"auto"`` picks Numba on the CPU, Triton on CUDA when
+    it is installed, and plain torch operations otherwise (the Numba core on a CPU copy
+    for alignment, which has no torch-operations path)."""
+    choices = BACKENDS if loss else BACKENDS[:3]
+    if backend not in choices:
+        raise CTCInputError(f"backend must be one of {choices}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cpu":
+            return "numba"
+        if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+            return "triton"
+        return "torch" if loss else "numba"
+    if backend == "triton":
+        _triton_module()
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True"):
+            raise ValueError("backend 'triton' runs CPU tensors only in Triton's interpreter (set TRITON_INTERPRET=1 "
+                             "before importing ctckit); backend 'numba' is the fast path on the CPU")
+    return backend
 
 
 def _saved_kind(log_probs_shape, num_targets, torch_grad, need_grad):
@@ -39,19 +84,26 @@ def _saved_kind(log_probs_shape, num_targets, torch_grad, need_grad):
 @torch.library.custom_op("ctckit::ctc_loss", mutates_args=())
 def _ctc_loss_op(
     log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
-    blank: int, torch_grad: bool, need_grad: bool,
+    blank: int, torch_grad: bool, need_grad: bool, kernel: str = "numba",
 ) -> tuple[Tensor, Tensor]:
     """Per-item losses (float64, (N,)) and what the backward needs: if ``need_grad``, the
     per-item gradients (T, N, C), or the compact posteriors (T, len(targets) + N) when they
-    are smaller; an empty tensor otherwise. ``log_probs``: (T, N, C) float32/float64, CPU."""
-    _, batch = _batch(log_probs, targets, input_lengths, target_lengths, blank)
+    are smaller; an empty tensor otherwise. ``log_probs``: (T, N, C); ``kernel="numba"``:
+    float32/float64 on the CPU; ``"triton"``: any float dtype on a CUDA device (or the CPU
+    under ``TRITON_INTERPRET=1``)."""
+    _, batch = _batch(log_probs.shape, targets, input_lengths, target_lengths, blank)
     kind = _saved_kind(log_probs.shape, targets.numel(), torch_grad, need_grad)
+    if kernel == "triton":
+        triton_kernels = _triton_module()
+        on_device = triton_kernels.DeviceBatch(batch, log_probs.device)
+        nll, saved = triton_kernels.negative_log_likelihood(log_probs.detach(), on_device, blank, kind, torch_grad)
+        return nll, (log_probs.new_empty(0) if saved is None else saved)
     nll, saved = _core.negative_log_likelihood(log_probs.detach().numpy(), batch, blank, grad=kind, torch_grad=torch_grad)
     return torch.from_numpy(nll), (log_probs.new_empty(0) if saved is None else torch.from_numpy(saved))
 
 
 @_ctc_loss_op.register_fake
-def _ctc_loss_fake(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad):
+def _ctc_loss_fake(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, kernel="numba"):
     shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
     nll = log_probs.new_empty((shapes.batch,), dtype=torch.float64)
     kind = _saved_kind(log_probs.shape, targets.numel(), torch_grad, need_grad)
@@ -65,24 +117,28 @@ def _ctc_loss_fake(log_probs, targets, input_lengths, target_lengths, blank, tor
 @torch.library.custom_op("ctckit::ctc_loss_scatter_grad", mutates_args=())
 def _scatter_grad_op(
     posteriors: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
-    scale: Tensor, blank: int, classes: int,
+    scale: Tensor, blank: int, classes: int, kernel: str = "numba",
 ) -> Tensor:
     """The dense gradient (T, N, C) of ``sum_n scale[n] * loss_n`` from compact posteriors."""
     frames = posteriors.shape[0]
     shape = (frames, input_lengths.shape[0], classes)
-    _, batch = _batch(posteriors.new_empty(shape), targets, input_lengths, target_lengths, blank)
+    _, batch = _batch(shape, targets, input_lengths, target_lengths, blank)
+    if kernel == "triton":
+        triton_kernels = _triton_module()
+        on_device = triton_kernels.DeviceBatch(batch, posteriors.device)
+        return triton_kernels.scatter_gradient(posteriors, on_device, blank, scale.detach(), classes)
     scale = scale.detach().to(torch.float64).numpy()
     return torch.from_numpy(_core.scatter_gradient(posteriors.numpy(), batch, blank, scale, classes))
 
 
 @_scatter_grad_op.register_fake
-def _scatter_grad_fake(posteriors, targets, input_lengths, target_lengths, scale, blank, classes):
+def _scatter_grad_fake(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, kernel="numba"):
     return posteriors.new_empty((posteriors.shape[0], input_lengths.shape[0], classes))
 
 
 def _setup_context(ctx, inputs, output):
-    log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad = inputs
-    ctx.blank, ctx.torch_grad, ctx.need_grad = blank, torch_grad, need_grad
+    log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, kernel = inputs
+    ctx.blank, ctx.torch_grad, ctx.need_grad, ctx.kernel = blank, torch_grad, need_grad, kernel
     ctx.save_for_backward(output[1], log_probs, targets, input_lengths, target_lengths)
 
 
@@ -104,14 +160,16 @@ class _NoDoubleBackward(torch.autograd.Function):
 def _backward(ctx, grad_nll, _grad_of_saved):
     saved, log_probs, targets, input_lengths, target_lengths = ctx.saved_tensors
     if not ctx.need_grad:  # the forward ran without the gradient: compute it now
-        _, saved = _ctc_loss_op(log_probs.detach(), targets, input_lengths, target_lengths, ctx.blank, ctx.torch_grad, True)
+        _, saved = _ctc_loss_op(log_probs.detach(), targets, input_lengths, target_lengths, ctx.blank, ctx.torch_grad, True,
+                                ctx.kernel)
     if saved.dim() == 3:
         grad = saved * grad_nll.to(saved.dtype)[None, :, None]
     else:
-        grad = _scatter_grad_op(saved, targets, input_lengths, target_lengths, grad_nll, ctx.blank, log_probs.shape[2])
+        grad = _scatter_grad_op(saved, targets, input_lengths, target_lengths, grad_nll, ctx.blank, log_probs.shape[2],
+                                ctx.kernel)
     if torch.is_grad_enabled() and log_probs.requires_grad:
         grad = _NoDoubleBackward.apply(grad, log_probs)
-    return grad, None, None, None, None, None, None
+    return grad, None, None, None, None, None, None, None
 
 
 _ctc_loss_op.register_autograd(_backward, setup_context=_setup_context)
@@ -143,9 +201,11 @@ def ctc_loss(
         gradient: ``"exact"`` (default): the true derivative w.r.t. ``log_probs``, minus the
             posterior occupation of each class. ``"torch"``: torch's convention, which adds
             ``exp(log_probs)`` (the two give the same gradient through a log_softmax).
-        backend: ``"auto"`` (default): the Numba core for CPU tensors, plain torch operations
-            (a loop over time, vectorised over items and states, differentiated by autograd;
-            slower) for tensors on other devices. ``"numba"`` or ``"torch"`` force one.
+        backend: ``"auto"`` (default): the Numba core for CPU tensors, Triton kernels for
+            CUDA tensors (when triton is installed), plain torch operations (a loop over
+            time, vectorised over items and states, differentiated by autograd; slower)
+            for tensors on other devices. ``"numba"``, ``"triton"`` or ``"torch"`` force one
+            (``"triton"`` on CPU tensors needs ``TRITON_INTERPRET=1``).
 
     .. math:: \mathrm{loss}_n = -\log \sum_{\pi \in \mathcal{B}^{-1}(l_n)} \prod_{t < T_n} y^t_{\pi_t}
     """
@@ -153,9 +213,7 @@ def ctc_loss(
         raise TypeError(f"log_probs must be a torch.Tensor, got {type(log_probs).__name__}")
     if not log_probs.dtype.is_floating_point:
         raise TypeError(f"log_probs must be a floating-point tensor, got {log_probs.dtype}")
-    if backend not in BACKENDS:
-        raise CTCInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    use_core = backend == "numba" or (backend == "auto" and log_probs.device.type == "cpu")
+    backend = _choose_backend(backend, log_probs.device)
     torch_grad = check_gradient(gradient)
     blank = check_blank(blank)
     check_reduction(reduction)
@@ -165,19 +223,21 @@ def ctc_loss(
     shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
 
     out_dtype = log_probs.dtype
-    if torch.is_autocast_enabled("cpu") and out_dtype in (torch.float16, torch.bfloat16):
+    if _autocast(log_probs.device) and out_dtype in (torch.float16, torch.bfloat16):
         out_dtype = torch.float32  # autocast runs torch's ctc_loss in float32 as well
-    compute = log_probs if log_probs.dtype in _KERNEL_DTYPES else log_probs.float()
+    # The Triton kernels read half types directly; the others compute in float32.
+    compute = log_probs if log_probs.dtype in _KERNEL_DTYPES or backend == "triton" else log_probs.float()
     if not shapes.batched:
         compute, targets = compute.unsqueeze(1), targets.reshape(1, -1)
         input_lengths, target_lengths = input_lengths.reshape(1), target_lengths.reshape(1)
-    if use_core:
+    if backend == "numba":
         for name, tensor in (("log_probs", compute), ("targets", targets), ("input_lengths", input_lengths), ("target_lengths", target_lengths)):
             if tensor.device.type != "cpu":
                 raise ValueError(f"{name} is on device '{tensor.device}'; backend 'numba' computes on the CPU "
                                  "(pass CPU tensors, or backend='auto' or 'torch')")
+    if backend in _KERNELS:
         need_grad = torch.is_grad_enabled() and compute.requires_grad
-        nll, _ = _ctc_loss_op(compute, targets, input_lengths, target_lengths, blank, torch_grad, need_grad)
+        nll, _ = _ctc_loss_op(compute, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, backend)
     else:
         nll = _loss_with_torch_ops(compute, targets, input_lengths, target_lengths, blank, torch_grad)
 
@@ -186,18 +246,21 @@ def ctc_loss(
     if reduction == "none":
         return (nll if shapes.batched else nll[0]).to(out_dtype)
     if reduction == "mean":
-        weights = 1.0 / (target_lengths.clamp_min(1).to(torch.float64) * shapes.batch)
+        weights = 1.0 / (target_lengths.to(nll.device).clamp_min(1).to(torch.float64) * shapes.batch)
         return (nll * weights).sum().to(out_dtype)
     return nll.sum().to(out_dtype)
 
 
-BACKENDS = ("auto", "numba", "torch")
+def _autocast(device: torch.device) -> bool:
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:  # a device type without autocast
+        return False
 
 
 def _loss_with_torch_ops(log_probs, targets, input_lengths, target_lengths, blank, torch_grad):
     """Validate on the host (one copy of the index tensors), then :mod:`ctckit._torch_ops`."""
-    shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
-    batch = check_values(shapes, targets.cpu().numpy(), input_lengths.cpu().numpy(), target_lengths.cpu().numpy(), blank)
+    _, batch = _batch(log_probs.shape, targets, input_lengths, target_lengths, blank)
     device = log_probs.device
     as_tensor = lambda array: torch.from_numpy(array).to(device)
     return _torch_ops.negative_log_likelihood(log_probs, as_tensor(batch.targets), as_tensor(batch.offsets),
@@ -215,7 +278,7 @@ class CTCLoss(torch.nn.Module):
         self.reduction = check_reduction(reduction)
         self.zero_infinity = bool(zero_infinity)
         check_gradient(gradient)
-        if backend not in BACKENDS:
+        if backend not in BACKENDS:  # the device is known only at call time
             raise CTCInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.gradient, self.backend = gradient, backend
 
@@ -230,20 +293,37 @@ class CTCLoss(torch.nn.Module):
 
 
 def _to_numpy(value):
+    """A tensor as a NumPy array on the host (copied from another device); others unchanged."""
     if isinstance(value, Tensor):
-        if value.device.type != "cpu":
-            raise ValueError(f"a tensor is on device '{value.device}'; ctckit computes on the CPU (pass CPU tensors)")
         if value.dtype in (torch.float16, torch.bfloat16):
             value = value.float()
-        return value.detach().numpy()
+        return _host(value)
     return value
 
 
-def forced_align(log_probs, targets, input_lengths, target_lengths, blank: int = 0):
+def forced_align(log_probs, targets, input_lengths, target_lengths, blank: int = 0, *, backend: str = "auto"):
     """:func:`ctckit.numpy.forced_align` on tensors: ``(alignments, scores)`` as tensors
-    (int64 and the dtype of ``log_probs``)."""
+    (int64 and the dtype of ``log_probs``) on the device of ``log_probs``.
+
+    ``backend``: ``"auto"`` (default): the Numba core for CPU tensors, the Triton kernel for
+    CUDA tensors (when triton is installed), the Numba core on a CPU copy otherwise;
+    ``"numba"`` or ``"triton"`` force one.
+    """
+    if not isinstance(log_probs, Tensor):
+        raise TypeError(f"log_probs must be a torch.Tensor, got {type(log_probs).__name__}")
+    if not log_probs.dtype.is_floating_point:
+        raise TypeError(f"log_probs must be a floating-point tensor, got {log_probs.dtype}")
+    device = log_probs.device
+    if _choose_backend(backend, device, loss=False) == "triton":
+        _, batch = _decode.alignable_batch(log_probs.shape, *map(_to_numpy, (targets, input_lengths, target_lengths)), blank)
+        triton_kernels = _triton_module()
+        batched = log_probs.dim() == 3
+        values = log_probs.detach() if batched else log_probs.detach().unsqueeze(1)
+        alignments, scores, best = triton_kernels.viterbi(values, triton_kernels.DeviceBatch(batch, device), int(blank))
+        _decode.check_aligned(_host(best))
+        return (alignments, scores) if batched else (alignments[0], scores[0])
     alignments, scores = _decode.forced_align(*map(_to_numpy, (log_probs, targets, input_lengths, target_lengths)), blank)
-    return torch.from_numpy(alignments), torch.from_numpy(scores).to(log_probs.dtype)
+    return torch.from_numpy(alignments).to(device), torch.from_numpy(scores).to(device=device, dtype=log_probs.dtype)
 
 
 def merge_tokens(alignment, scores, blank: int = 0):
@@ -252,16 +332,17 @@ def merge_tokens(alignment, scores, blank: int = 0):
 
 
 def greedy_decode(log_probs, input_lengths=None, blank: int = 0):
-    """:func:`ctckit.numpy.greedy_decode` on tensors."""
+    """:func:`ctckit.numpy.greedy_decode` on tensors (copied to the host)."""
     return _decode.greedy_decode(_to_numpy(log_probs), _to_numpy(input_lengths), blank)
 
 
 def beam_search(log_probs, input_lengths=None, beam_width: int = 16, blank: int = 0, top_k: int = 1, **options):
-    """:func:`ctckit.numpy.beam_search` on tensors (same keyword-only options)."""
+    """:func:`ctckit.numpy.beam_search` on tensors (copied to the host; same keyword-only options)."""
     return _decode.beam_search(_to_numpy(log_probs), _to_numpy(input_lengths), beam_width, blank, top_k, **options)
 
 
 def ctc_posteriors(log_probs, targets, input_lengths, target_lengths, blank: int = 0):
-    """:func:`ctckit.numpy.ctc_posteriors` on tensors."""
+    """:func:`ctckit.numpy.ctc_posteriors` on tensors, computed on the host, returned on
+    the device of ``log_probs``."""
     posteriors = _decode.ctc_posteriors(*map(_to_numpy, (log_probs, targets, input_lengths, target_lengths)), blank)
-    return torch.from_numpy(posteriors).to(log_probs.dtype)
+    return torch.from_numpy(posteriors).to(device=log_probs.device, dtype=log_probs.dtype)

@@ -59,7 +59,7 @@ def test_backend_choice_and_devices():
     lp = torch.randn(4, 1, 3, device="meta")
     with pytest.raises(ValueError, match="log_probs is on device 'meta'; backend 'numba' computes on the CPU"):
         ct.ctc_loss(lp, torch.tensor([[1]]), [4], [1], backend="numba")
-    with pytest.raises(CTCInputError, match=r"backend must be one of \('auto', 'numba', 'torch'\), got 'gpu'"):
+    with pytest.raises(CTCInputError, match=r"backend must be one of \('auto', 'numba', 'triton', 'torch'\), got 'gpu'"):
         ct.ctc_loss(torch.randn(4, 1, 3), torch.tensor([[1]]), [4], [1], backend="gpu")
     with pytest.raises(CTCInputError, match="backend must be one of"):
         ct.CTCLoss(backend="gpu")

@@ -1,0 +1,411 @@
+r"""The CTC loss, its gradient and forced alignment as Triton kernels, for CUDA tensors.
+
+One program per batch item walks the frames of its trellis; the lanes of the program
+are the extended-label states ``s`` (blank at even ``s``, label ``(s - 1) / 2`` at odd
+``s``), so a frame is one vector step. Recursions run in float64 log space (Graves et
+al., 2006, eqs. 6-11), whatever the input dtype (float16, bfloat16, float32, float64):
+
+.. math::
+    \alpha_t(s) = \log y^t_{l'_s} + \mathrm{lse}\big(\alpha_{t-1}(s), \alpha_{t-1}(s-1),
+                  [\alpha_{t-1}(s-2)]\big), \qquad
+    \hat\beta_t(s) = \mathrm{lse}\big(\beta_{t+1}(s), \beta_{t+1}(s+1), [\beta_{t+1}(s+2)]\big)
+
+with :math:`\beta_t = \hat\beta_t + \log y^t_{l'_s}` and the posterior of state ``s`` at
+frame ``t`` :math:`\gamma_t(s) = \exp(\alpha_t(s) + \hat\beta_t(s) - \log p)`, which is
+never ``-inf - (-inf)`` even where a class is masked.
+
+A frame's neighbours ``s - 1`` and ``s - 2`` live in other lanes: each step stores the
+row to a two-slot ring in global memory, waits at a barrier, and loads it shifted.
+
+Memory kept between forward and backward: the forward pass stores every frame's alpha
+row, relative to the row's maximum (float32 for half and single inputs, float64 for
+double), plus that maximum in float64: ``N * T * next_pow2(2 S + 1)`` values. The
+backward pass turns it into compact posteriors or the dense gradient and frees it.
+
+Deterministic: no atomics. Per-class sums over a frame's states are fixed-order
+reductions; a label that occurs ``r`` times in a target is added in ``r`` ordered
+passes (``rank[k]``: how often label ``k`` occurred earlier in its target), so no two
+lanes ever write one gradient entry at once.
+
+``TRITON_INTERPRET=1`` runs the same kernels on the CPU with CPU tensors (how the
+tests run them without a GPU).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from ._inputs import Batch
+
+_MIN_BLOCK = 16
+
+
+@triton.jit
+def _lse2(a, b):
+    top = tl.maximum(a, b)
+    safe = tl.where(top == float("-inf"), 0.0, top)
+    total = tl.where(top == float("-inf"), 1.0, tl.exp(a - safe) + tl.exp(b - safe))
+    return tl.where(top == float("-inf"), float("-inf"), safe + tl.log(total))
+
+
+@triton.jit
+def _lse3(a, b, c):
+    """log(e^a + e^b + e^c); -inf (not NaN) when all three are -inf."""
+    top = tl.maximum(tl.maximum(a, b), c)
+    safe = tl.where(top == float("-inf"), 0.0, top)
+    total = tl.where(top == float("-inf"), 1.0, tl.exp(a - safe) + tl.exp(b - safe) + tl.exp(c - safe))
+    return tl.where(top == float("-inf"), float("-inf"), safe + tl.log(total))
+
+
+@triton.jit
+def _cast(x, dtype):
+    """``x.to(dtype)``, through float32 for the narrower types (one rounding step the
+    interpreter also gets right for bfloat16)."""
+    if dtype == tl.float64:
+        return x.to(dtype)
+    return x.to(tl.float32).to(dtype)
+
+
+@triton.jit
+def _states(targets_ptr, off, length, blank, BLOCK: tl.constexpr):
+    """The lanes of one item's extended target ``l'`` (length ``2L + 1``).
+
+    Returns ``(s, valid, label_state, k, cls, skip_in, skip_out, repeats)``: lane index,
+    lane in ``l'``, lane holds a label, its label index, its class, whether state ``s``
+    may be entered from ``s - 2``, whether ``s + 2`` may be entered from ``s``, and the
+    number of repeated neighbours (the target needs ``L + repeats`` frames)."""
+    s = tl.arange(0, BLOCK)
+    valid = s < 2 * length + 1
+    label_state = valid & ((s % 2) == 1)
+    k = tl.where(label_state, (s - 1) // 2, 0)
+    label = tl.load(targets_ptr + off + k, mask=label_state, other=0)
+    before = tl.load(targets_ptr + off + k - 1, mask=label_state & (k >= 1), other=-1)
+    after = tl.load(targets_ptr + off + k + 1, mask=label_state & (k + 1 < length), other=-1)
+    cls = tl.where(label_state, label, blank)
+    skip_in = label_state & (k >= 1) & (label != before)
+    skip_out = label_state & (k + 1 < length) & (label != after)
+    repeats = tl.sum(tl.where(label_state & (k >= 1) & (label == before), 1, 0))
+    return s, valid, label_state, k, cls, skip_in, skip_out, repeats
+
+
+@triton.jit
+def _end_states(row, s, length):
+    """The two final states' values (the last blank, and the last label when L > 0)."""
+    width = 2 * length + 1
+    last_blank = tl.max(tl.where(s == width - 1, row, float("-inf")))
+    last_label = tl.max(tl.where(s == width - 2, row, float("-inf")))  # no such lane when L = 0
+    return last_blank, last_label
+
+
+@triton.jit
+def _alpha_kernel(lp_ptr, stride_t, stride_n, stride_c, targets_ptr, offsets_ptr, input_lengths_ptr, target_lengths_ptr,
+                  blank, ring_ptr, table_ptr, shift_ptr, frames_max, log_p_ptr,
+                  BLOCK: tl.constexpr, STORE: tl.constexpr):
+    """log p(l_n | x_n) into ``log_p[n]`` (-inf when infeasible, NaN when a used log-prob
+    is NaN); with ``STORE``, every frame's alpha row relative to its maximum into
+    ``table[n, t]`` and the maximum into ``shift[n, t]``."""
+    n = tl.program_id(0).to(tl.int64)
+    frames = tl.load(input_lengths_ptr + n)
+    length = tl.load(target_lengths_ptr + n)
+    off = tl.load(offsets_ptr + n)
+    s, valid, label_state, k, cls, skip_in, skip_out, repeats = _states(targets_ptr, off, length, blank, BLOCK)
+    row = lp_ptr + n * stride_n + cls * stride_c
+    ring = ring_ptr + n * (2 * BLOCK)
+    table = table_ptr + n * frames_max * BLOCK
+    first = valid & (s < 2) & (s < 2 * frames)  # states 0 and 1, if there is a frame
+    alpha = tl.load(row, mask=first, other=float("-inf")).to(tl.float64)
+    nans = tl.sum(tl.where(first & (alpha != alpha), 1, 0))
+    if STORE:
+        _store_alpha(table, shift_ptr + n * frames_max, 0, alpha, s, valid, BLOCK)
+    for t in range(1, frames):
+        slot = ring + (t % 2) * BLOCK
+        tl.store(slot + s, alpha)
+        tl.debug_barrier()
+        one = tl.load(slot + s - 1, mask=s >= 1, other=float("-inf"))
+        two = tl.load(slot + s - 2, mask=skip_in, other=float("-inf"))
+        emit = tl.load(row + t * stride_t, mask=valid, other=float("-inf")).to(tl.float64)
+        nans += tl.sum(tl.where(valid & (emit != emit), 1, 0))
+        alpha = _lse3(alpha, one, two) + emit
+        if STORE:
+            _store_alpha(table, shift_ptr + n * frames_max, t, alpha, s, valid, BLOCK)
+    last_blank, last_label = _end_states(alpha, s, length)
+    log_p = _lse2(last_blank, last_label)
+    log_p = tl.where(frames == 0, tl.where(length == 0, 0.0, float("-inf")), log_p)
+    log_p = tl.where(nans > 0, float("nan"), log_p)
+    log_p = tl.where(length + repeats > frames, float("-inf"), log_p)
+    tl.store(log_p_ptr + n, log_p)
+
+
+@triton.jit
+def _store_alpha(table, shifts, t, alpha, s, valid, BLOCK: tl.constexpr):
+    top = tl.max(tl.where(valid, alpha, float("-inf")))
+    top = tl.where(top > float("-inf"), top, 0.0)
+    tl.store(table + t * BLOCK + s, _cast(alpha - top, table.dtype.element_ty), mask=valid)
+    tl.store(shifts + t, top)
+
+
+@triton.jit
+def _beta_kernel(lp_ptr, stride_t, stride_n, stride_c, targets_ptr, offsets_ptr, input_lengths_ptr, target_lengths_ptr,
+                 blank, ring_ptr, table_ptr, shift_ptr, frames_max, log_p_ptr, rank_ptr, passes, classes,
+                 out_ptr, out_stride_t, out_stride_n, out_stride_c,
+                 BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, COMPACT: tl.constexpr, TORCH_GRAD: tl.constexpr):
+    """The backward recursion and, per frame, the class posteriors (eq. 16).
+
+    ``COMPACT``: ``out[t, slot]`` = the blank's posterior, ``out[t, slot + 1 + k]`` = label
+    k's, with ``slot = offsets[n] + n`` (the Numba core's layout). Otherwise ``out`` is the
+    dense gradient of the item's loss, (T, N, C) zeros on entry: minus the posteriors,
+    plus ``exp(log_probs)`` with ``TORCH_GRAD``. Infeasible items keep zeros; an item
+    whose loss is NaN gets NaN on its frames."""
+    n = tl.program_id(0).to(tl.int64)
+    frames = tl.load(input_lengths_ptr + n)
+    length = tl.load(target_lengths_ptr + n)
+    off = tl.load(offsets_ptr + n)
+    s, valid, label_state, k, cls, skip_in, skip_out, repeats = _states(targets_ptr, off, length, blank, BLOCK)
+    log_p = tl.load(log_p_ptr + n)
+    row = lp_ptr + n * stride_n + cls * stride_c
+    ring = ring_ptr + n * (2 * BLOCK)
+    table = table_ptr + n * frames_max * BLOCK
+    shifts = shift_ptr + n * frames_max
+    slot = off + n
+    out_type = out_ptr.dtype.element_ty
+    if log_p != log_p:
+        for t in range(0, frames):
+            if COMPACT:
+                tl.store(out_ptr + t * out_stride_t + (slot + s) * out_stride_c,
+                         tl.full([BLOCK], float("nan"), out_type), mask=s < length + 1)
+            else:
+                for c0 in range(0, classes, BLOCK_C):
+                    c = c0 + tl.arange(0, BLOCK_C)
+                    tl.store(out_ptr + t * out_stride_t + n * out_stride_n + c * out_stride_c,
+                             tl.full([BLOCK_C], float("nan"), out_type), mask=c < classes)
+    elif log_p > float("-inf"):
+        rank = tl.load(rank_ptr + off + k, mask=label_state, other=0)
+        after = tl.where((s == 2 * length) | (s == 2 * length - 1), 0.0, float("-inf")).to(tl.float64)
+        beta = after
+        for i in range(0, frames):
+            t = frames - 1 - i
+            if i > 0:
+                slot_ring = ring + (i % 2) * BLOCK
+                tl.store(slot_ring + s, beta)
+                tl.debug_barrier()
+                one = tl.load(slot_ring + s + 1, mask=s + 1 < BLOCK, other=float("-inf"))
+                two = tl.load(slot_ring + s + 2, mask=skip_out, other=float("-inf"))
+                after = _lse3(beta, one, two)
+            emit = tl.load(row + t * stride_t, mask=valid, other=float("-inf")).to(tl.float64)
+            alpha = tl.load(table + t * BLOCK + s, mask=valid, other=float("-inf")).to(tl.float64) + tl.load(shifts + t)
+            post = tl.where(valid, tl.exp(alpha + after - log_p), 0.0)
+            blank_post = tl.sum(tl.where(label_state, 0.0, post))
+            if COMPACT:
+                base = out_ptr + t * out_stride_t
+                tl.store(base + slot * out_stride_c, _cast(blank_post, out_type))
+                tl.store(base + (slot + 1 + k) * out_stride_c, _cast(post, out_type), mask=label_state)
+            else:
+                grad_row = out_ptr + t * out_stride_t + n * out_stride_n
+                blank_base = 0.0
+                if TORCH_GRAD:
+                    for c0 in range(0, classes, BLOCK_C):
+                        c = c0 + tl.arange(0, BLOCK_C)
+                        y = tl.load(lp_ptr + t * stride_t + n * stride_n + c * stride_c, mask=c < classes, other=float("-inf"))
+                        tl.store(grad_row + c * out_stride_c, _cast(tl.exp(y.to(tl.float64)), out_type), mask=c < classes)
+                    blank_base = tl.exp(tl.load(lp_ptr + t * stride_t + n * stride_n + blank * stride_c).to(tl.float64))
+                tl.debug_barrier()
+                tl.store(grad_row + blank * out_stride_c, _cast(blank_base - blank_post, out_type))
+                _subtract_by_rank(grad_row + cls * out_stride_c, post, label_state, rank, passes)
+            beta = after + emit
+
+
+@triton.jit
+def _subtract_by_rank(pointers, values, mask, rank, passes):
+    """``*pointers -= values`` where labels may repeat: pass ``r`` updates the lanes of
+    rank ``r`` (distinct classes), so no two lanes write one entry at once."""
+    for r in range(0, passes):
+        tl.debug_barrier()
+        selected = mask & (rank == r)
+        current = tl.load(pointers, mask=selected, other=0.0).to(tl.float64)
+        tl.store(pointers, _cast(current - values, pointers.dtype.element_ty), mask=selected)
+
+
+@triton.jit
+def _scatter_kernel(post_ptr, post_stride_t, post_stride_c, targets_ptr, offsets_ptr, input_lengths_ptr, target_lengths_ptr,
+                    rank_ptr, passes, blank, scale_ptr, grad_ptr, grad_stride_t, grad_stride_n, grad_stride_c,
+                    BLOCK_L: tl.constexpr):
+    """Dense gradient (T, N, C) zeros on entry: ``grad[t, n, c] -= scale[n] * posterior``."""
+    n = tl.program_id(0).to(tl.int64)
+    frames = tl.load(input_lengths_ptr + n)
+    length = tl.load(target_lengths_ptr + n)
+    off = tl.load(offsets_ptr + n)
+    j = tl.arange(0, BLOCK_L)
+    used = j < length
+    labels = tl.load(targets_ptr + off + j, mask=used, other=0)
+    rank = tl.load(rank_ptr + off + j, mask=used, other=0)
+    factor = tl.load(scale_ptr + n).to(tl.float64)
+    slot = off + n
+    for t in range(0, frames):
+        grad_row = grad_ptr + t * grad_stride_t + n * grad_stride_n
+        blank_post = tl.load(post_ptr + t * post_stride_t + slot * post_stride_c).to(tl.float64)
+        tl.store(grad_row + blank * grad_stride_c, _cast(-factor * blank_post, grad_ptr.dtype.element_ty))
+        post = tl.load(post_ptr + t * post_stride_t + (slot + 1 + j) * post_stride_c, mask=used, other=0.0).to(tl.float64)
+        _subtract_by_rank(grad_row + labels * grad_stride_c, factor * post, used, rank, passes)
+
+
+@triton.jit
+def _viterbi_kernel(lp_ptr, stride_t, stride_n, stride_c, targets_ptr, offsets_ptr, input_lengths_ptr, target_lengths_ptr,
+                    blank, ring_ptr, back_ptr, frames_max, alignment_ptr, score_ptr, best_ptr, BLOCK: tl.constexpr):
+    """Forced alignment (max-product over the trellis, int8 back-pointers), with the Numba
+    core's tie-breaking: stay beats s-1 beats s-2; at the end the blank beats the label."""
+    n = tl.program_id(0).to(tl.int64)
+    frames = tl.load(input_lengths_ptr + n)
+    length = tl.load(target_lengths_ptr + n)
+    off = tl.load(offsets_ptr + n)
+    s, valid, label_state, k, cls, skip_in, skip_out, repeats = _states(targets_ptr, off, length, blank, BLOCK)
+    row = lp_ptr + n * stride_n + cls * stride_c
+    ring = ring_ptr + n * (2 * BLOCK)
+    back = back_ptr + n * frames_max * BLOCK
+    first = valid & (s < 2) & (s < 2 * frames)  # states 0 and 1, if there is a frame
+    delta = tl.load(row, mask=first, other=float("-inf")).to(tl.float64)
+    for t in range(1, frames):
+        slot = ring + (t % 2) * BLOCK
+        tl.store(slot + s, delta)
+        tl.debug_barrier()
+        one = tl.load(slot + s - 1, mask=s >= 1, other=float("-inf"))
+        two = tl.load(slot + s - 2, mask=skip_in, other=float("-inf"))
+        from_one = one > delta
+        best = tl.where(from_one, one, delta)
+        from_two = two > best
+        best = tl.where(from_two, two, best)
+        step = tl.where(from_two, 2, tl.where(from_one, 1, 0))
+        tl.store(back + t * BLOCK + s, step.to(tl.int8), mask=valid)
+        delta = best + tl.load(row + t * stride_t, mask=valid, other=float("-inf")).to(tl.float64)
+    last_blank, last_label = _end_states(delta, s, length)
+    use_label = last_label > last_blank
+    top = tl.where(use_label, last_label, last_blank)
+    top = tl.where(frames == 0, tl.where(length == 0, 0.0, float("-inf")), top)
+    tl.store(best_ptr + n, top)
+    state = tl.where(use_label, 2 * length - 1, 2 * length)
+    tl.debug_barrier()
+    if top > float("-inf"):
+        for i in range(0, frames):
+            t = frames - 1 - i
+            is_label = (state % 2) == 1
+            label = tl.load(targets_ptr + off + (state - 1) // 2, mask=is_label, other=0)
+            c = tl.where(is_label, label, blank)
+            tl.store(alignment_ptr + n * frames_max + t, c)
+            score = tl.load(lp_ptr + t * stride_t + n * stride_n + c * stride_c)
+            tl.store(score_ptr + n * frames_max + t, score)
+            step = tl.load(back + t * BLOCK + state, mask=t > 0, other=0)
+            state = state - step.to(tl.int64)
+
+
+def _block(max_length: int) -> int:
+    return max(_MIN_BLOCK, triton.next_power_of_2(2 * max_length + 1))
+
+
+def _warps(block: int) -> int:
+    return 4 if block <= 512 else 8 if block <= 2048 else 16
+
+
+def label_ranks(batch: Batch) -> tuple[np.ndarray, int]:
+    """``rank[k]``: how often target label ``k`` occurred earlier in its item's target, and
+    the number of rank passes (1 + the largest rank; 0 without labels)."""
+    lengths = batch.target_lengths
+    count = int(lengths.sum())
+    rank = np.zeros(batch.targets.shape[0], dtype=np.int64)
+    if count == 0:
+        return rank, 0
+    item = np.repeat(np.arange(lengths.shape[0]), lengths)
+    positions = batch.offsets[item] + np.arange(count) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    labels = batch.targets[positions]
+    order = np.lexsort((positions, labels, item))  # by item, then label, then position
+    keys = np.stack([item[order], labels[order]])
+    starts = np.flatnonzero(np.concatenate([[True], (keys[:, 1:] != keys[:, :-1]).any(0)]))
+    group_start = np.repeat(starts, np.diff(np.append(starts, count)))
+    rank[positions[order]] = np.arange(count) - group_start
+    return rank, int(rank.max()) + 1
+
+
+class DeviceBatch:
+    """A validated :class:`Batch` on the device, with the label ranks and the block size."""
+
+    def __init__(self, batch: Batch, device: torch.device):
+        to = lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        rank, self.passes = label_ranks(batch)
+        self.targets, self.offsets = to(batch.targets), to(batch.offsets)
+        self.input_lengths, self.target_lengths, self.rank = to(batch.input_lengths), to(batch.target_lengths), to(rank)
+        self.size = batch.input_lengths.shape[0]
+        self.max_length = int(batch.target_lengths.max(initial=0))
+        self.block = _block(self.max_length)
+
+    def index_args(self):
+        return self.targets, self.offsets, self.input_lengths, self.target_lengths
+
+
+def _table_dtype(log_probs: torch.Tensor) -> torch.dtype:
+    return torch.float64 if log_probs.dtype == torch.float64 else torch.float32
+
+
+def negative_log_likelihood(log_probs: torch.Tensor, batch: DeviceBatch, blank: int, grad: str, torch_grad: bool):
+    """Per-item ``-log p(l_n | x_n)`` (float64, (N,)) and, by ``grad`` (``"none"``,
+    ``"dense"``, ``"compact"``), nothing, the gradient of the summed loss or the compact
+    posteriors, as :func:`ctckit._core.negative_log_likelihood` returns them."""
+    frames, size, classes = log_probs.shape
+    device, block = log_probs.device, batch.block
+    store = grad != "none"
+    ring = torch.empty((size, 2, block), dtype=torch.float64, device=device)
+    table_shape = (size, frames, block) if store else (1,)
+    table = torch.empty(table_shape, dtype=_table_dtype(log_probs), device=device)
+    shifts = torch.empty((size, frames) if store else (1,), dtype=torch.float64, device=device)
+    log_p = torch.empty(size, dtype=torch.float64, device=device)
+    if size == 0:
+        out = None if not store else log_probs.new_zeros(log_probs.shape if grad == "dense" else (frames, batch.targets.numel()))
+        return -log_p, out
+    strides = log_probs.stride()
+    _alpha_kernel[(size,)](log_probs, *strides, *batch.index_args(), blank, ring, table, shifts, frames, log_p,
+                           BLOCK=block, STORE=store, num_warps=_warps(block))
+    nll = torch.where(log_p > float("-inf"), -log_p, torch.full_like(log_p, float("inf")))
+    if not store:
+        return nll, None
+    if grad == "dense":
+        out = log_probs.new_zeros(log_probs.shape)
+        out_strides = out.stride()
+    else:
+        out = log_probs.new_zeros((frames, batch.targets.numel() + size))
+        out_strides = (out.stride(0), 0, out.stride(1))
+    _beta_kernel[(size,)](log_probs, *strides, *batch.index_args(), blank, ring, table, shifts, frames, log_p,
+                          batch.rank, batch.passes, classes, out, *out_strides,
+                          BLOCK=block, BLOCK_C=min(1024, triton.next_power_of_2(classes)), COMPACT=grad == "compact",
+                          TORCH_GRAD=torch_grad, num_warps=_warps(block))
+    return nll, out
+
+
+def scatter_gradient(posteriors: torch.Tensor, batch: DeviceBatch, blank: int, scale: torch.Tensor, classes: int) -> torch.Tensor:
+    """The dense gradient of ``sum_n scale[n] * nll[n]`` from compact posteriors."""
+    frames = posteriors.shape[0]
+    grad = posteriors.new_zeros((frames, batch.size, classes))
+    if batch.size == 0:
+        return grad
+    block_l = max(_MIN_BLOCK, triton.next_power_of_2(batch.max_length))
+    scale = scale.to(device=posteriors.device, dtype=torch.float64).contiguous()
+    _scatter_kernel[(batch.size,)](posteriors, posteriors.stride(0), posteriors.stride(1), *batch.index_args(),
+                                   batch.rank, batch.passes, blank, scale, grad, *grad.stride(),
+                                   BLOCK_L=block_l, num_warps=_warps(block_l))
+    return grad
+
+
+def viterbi(log_probs: torch.Tensor, batch: DeviceBatch, blank: int):
+    """``(alignments (N, T) int64, scores (N, T) in the dtype of log_probs, best (N,) float64)``:
+    frames past an item's length hold -1 and 0; an item without a path gets ``best = -inf``."""
+    frames, size, _ = log_probs.shape
+    device, block = log_probs.device, batch.block
+    alignments = torch.full((size, frames), -1, dtype=torch.int64, device=device)
+    scores = log_probs.new_zeros((size, frames))
+    best = torch.empty(size, dtype=torch.float64, device=device)
+    if size == 0:
+        return alignments, scores, best
+    ring = torch.empty((size, 2, block), dtype=torch.float64, device=device)
+    back = torch.empty((size, frames, block), dtype=torch.int8, device=device)
+    _viterbi_kernel[(size,)](log_probs, *log_probs.stride(), *batch.index_args(), blank, ring, back, frames,
+                             alignments, scores, best, BLOCK=block, num_warps=_warps(block))
+    return alignments, scores, best
