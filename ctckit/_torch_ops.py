@@ -30,7 +30,8 @@ def negative_log_likelihood(log_probs: Tensor, targets: Tensor, offsets: Tensor,
     """Per-item ``-log p(l_n | x_n)`` (N,), differentiable w.r.t. ``log_probs`` (T, N, C).
 
     ``targets`` 1-D int64 with item n's labels at ``offsets[n] : offsets[n] + target_lengths[n]``,
-    all validated and on ``log_probs``' device. Infeasible items give ``+inf`` and no gradient.
+    all validated and on ``log_probs``' device. Infeasible items give ``+inf`` and no gradient;
+    a NaN among an item's used log-probs gives a NaN loss (as the other backends).
     """
     frames, size, _ = log_probs.shape
     device = log_probs.device
@@ -67,8 +68,12 @@ def negative_log_likelihood(log_probs: Tensor, targets: Tensor, offsets: Tensor,
     end_label = torch.where(target_lengths > 0, end_label, torch.full_like(end_label, _NEG_INF))
     log_p = _logsumexp3(end_blank, end_label, torch.full_like(end_label, _NEG_INF))
     log_p = torch.where(input_lengths == 0, torch.where(target_lengths == 0, 0.0, _NEG_INF).to(log_p), log_p)
+    repeats = ((labels[:, 1:] == labels[:, :-1]) & used[:, 1:]).sum(1) if longest > 1 else torch.zeros_like(target_lengths)
+    poisoned = torch.isnan(emit.detach()).any(2).any(0)
+    log_p = log_p + torch.where(poisoned, float("nan"), 0.0).to(log_p)
+    log_p = torch.where(target_lengths + repeats > input_lengths, _NEG_INF, log_p)
     feasible = log_p > _NEG_INF
-    nll = torch.where(feasible, -log_p, torch.full_like(log_p, float("inf")))
+    nll = torch.where(log_p == _NEG_INF, float("inf"), 0.0 - log_p)
     if torch_grad:  # torch's convention: add exp(log_probs) to the gradient (value unchanged)
         counted = frame_used[:, :, None] & feasible[None, :, None]
         y = torch.where(counted, work, torch.full_like(work, _NEG_INF)).exp().detach()

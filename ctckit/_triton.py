@@ -33,6 +33,8 @@ tests run them without a GPU).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import triton
@@ -101,12 +103,22 @@ def _end_states(row, s, length):
 
 
 @triton.jit
+def _alpha_step(alpha, slot, s, skip_in, emit):
+    """One frame of eq. 6: ``alpha`` (this lane's previous value) is already stored at
+    ``slot + s`` for every lane; returns the new row."""
+    tl.debug_barrier()
+    one = tl.load(slot + s - 1, mask=s >= 1, other=float("-inf"))
+    two = tl.load(slot + s - 2, mask=skip_in, other=float("-inf"))
+    return _lse3(alpha, one, two) + emit
+
+
+@triton.jit
 def _alpha_kernel(lp_ptr, stride_t, stride_n, stride_c, targets_ptr, offsets_ptr, input_lengths_ptr, target_lengths_ptr,
-                  blank, ring_ptr, table_ptr, shift_ptr, frames_max, log_p_ptr,
+                  blank, ring_ptr, checkpoint_ptr, segment, checkpoints, log_p_ptr,
                   BLOCK: tl.constexpr, STORE: tl.constexpr):
     """log p(l_n | x_n) into ``log_p[n]`` (-inf when infeasible, NaN when a used log-prob
-    is NaN); with ``STORE``, every frame's alpha row relative to its maximum into
-    ``table[n, t]`` and the maximum into ``shift[n, t]``."""
+    is NaN); with ``STORE``, the alpha row of every ``segment``-th frame into
+    ``checkpoint[n, t // segment]`` for the backward pass to recompute the others."""
     n = tl.program_id(0).to(tl.int64)
     frames = tl.load(input_lengths_ptr + n)
     length = tl.load(target_lengths_ptr + n)
@@ -114,23 +126,21 @@ def _alpha_kernel(lp_ptr, stride_t, stride_n, stride_c, targets_ptr, offsets_ptr
     s, valid, label_state, k, cls, skip_in, skip_out, repeats = _states(targets_ptr, off, length, blank, BLOCK)
     row = lp_ptr + n * stride_n + cls * stride_c
     ring = ring_ptr + n * (2 * BLOCK)
-    table = table_ptr + n * frames_max * BLOCK
+    checkpoint = checkpoint_ptr + n * checkpoints * BLOCK
     first = valid & (s < 2) & (s < 2 * frames)  # states 0 and 1, if there is a frame
     alpha = tl.load(row, mask=first, other=float("-inf")).to(tl.float64)
     nans = tl.sum(tl.where(first & (alpha != alpha), 1, 0))
     if STORE:
-        _store_alpha(table, shift_ptr + n * frames_max, 0, alpha, s, valid, BLOCK)
+        tl.store(checkpoint + s, alpha)
     for t in range(1, frames):
         slot = ring + (t % 2) * BLOCK
         tl.store(slot + s, alpha)
-        tl.debug_barrier()
-        one = tl.load(slot + s - 1, mask=s >= 1, other=float("-inf"))
-        two = tl.load(slot + s - 2, mask=skip_in, other=float("-inf"))
         emit = tl.load(row + t * stride_t, mask=valid, other=float("-inf")).to(tl.float64)
         nans += tl.sum(tl.where(valid & (emit != emit), 1, 0))
-        alpha = _lse3(alpha, one, two) + emit
+        alpha = _alpha_step(alpha, slot, s, skip_in, emit)
         if STORE:
-            _store_alpha(table, shift_ptr + n * frames_max, t, alpha, s, valid, BLOCK)
+            if t % segment == 0:
+                tl.store(checkpoint + (t // segment) * BLOCK + s, alpha)
     last_blank, last_label = _end_states(alpha, s, length)
     log_p = _lse2(last_blank, last_label)
     log_p = tl.where(frames == 0, tl.where(length == 0, 0.0, float("-inf")), log_p)
@@ -140,19 +150,15 @@ def _alpha_kernel(lp_ptr, stride_t, stride_n, stride_c, targets_ptr, offsets_ptr
 
 
 @triton.jit
-def _store_alpha(table, shifts, t, alpha, s, valid, BLOCK: tl.constexpr):
-    top = tl.max(tl.where(valid, alpha, float("-inf")))
-    top = tl.where(top > float("-inf"), top, 0.0)
-    tl.store(table + t * BLOCK + s, _cast(alpha - top, table.dtype.element_ty), mask=valid)
-    tl.store(shifts + t, top)
-
-
-@triton.jit
 def _beta_kernel(lp_ptr, stride_t, stride_n, stride_c, targets_ptr, offsets_ptr, input_lengths_ptr, target_lengths_ptr,
-                 blank, ring_ptr, table_ptr, shift_ptr, frames_max, log_p_ptr, rank_ptr, passes, classes,
+                 blank, ring_ptr, checkpoint_ptr, segment, checkpoints, rows_ptr, log_p_ptr, rank_ptr, passes, classes,
                  out_ptr, out_stride_t, out_stride_n, out_stride_c,
                  BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, COMPACT: tl.constexpr, TORCH_GRAD: tl.constexpr):
     """The backward recursion and, per frame, the class posteriors (eq. 16).
+
+    Frames go by segments of ``segment``, last first: each segment's alpha rows are
+    recomputed from its checkpoint into ``rows[n]`` (the same float64 operations as the
+    forward pass), then consumed in reverse by the beta recursion.
 
     ``COMPACT``: ``out[t, slot]`` = the blank's posterior, ``out[t, slot + 1 + k]`` = label
     k's, with ``slot = offsets[n] + n`` (the Numba core's layout). Otherwise ``out`` is the
@@ -167,8 +173,8 @@ def _beta_kernel(lp_ptr, stride_t, stride_n, stride_c, targets_ptr, offsets_ptr,
     log_p = tl.load(log_p_ptr + n)
     row = lp_ptr + n * stride_n + cls * stride_c
     ring = ring_ptr + n * (2 * BLOCK)
-    table = table_ptr + n * frames_max * BLOCK
-    shifts = shift_ptr + n * frames_max
+    checkpoint = checkpoint_ptr + n * checkpoints * BLOCK
+    rows = rows_ptr + n * segment * BLOCK
     slot = off + n
     out_type = out_ptr.dtype.element_ty
     if log_p != log_p:
@@ -185,36 +191,48 @@ def _beta_kernel(lp_ptr, stride_t, stride_n, stride_c, targets_ptr, offsets_ptr,
         rank = tl.load(rank_ptr + off + k, mask=label_state, other=0)
         after = tl.where((s == 2 * length) | (s == 2 * length - 1), 0.0, float("-inf")).to(tl.float64)
         beta = after
-        for i in range(0, frames):
-            t = frames - 1 - i
-            if i > 0:
-                slot_ring = ring + (i % 2) * BLOCK
-                tl.store(slot_ring + s, beta)
-                tl.debug_barrier()
-                one = tl.load(slot_ring + s + 1, mask=s + 1 < BLOCK, other=float("-inf"))
-                two = tl.load(slot_ring + s + 2, mask=skip_out, other=float("-inf"))
-                after = _lse3(beta, one, two)
-            emit = tl.load(row + t * stride_t, mask=valid, other=float("-inf")).to(tl.float64)
-            alpha = tl.load(table + t * BLOCK + s, mask=valid, other=float("-inf")).to(tl.float64) + tl.load(shifts + t)
-            post = tl.where(valid, tl.exp(alpha + after - log_p), 0.0)
-            blank_post = tl.sum(tl.where(label_state, 0.0, post))
-            if COMPACT:
-                base = out_ptr + t * out_stride_t
-                tl.store(base + slot * out_stride_c, _cast(blank_post, out_type))
-                tl.store(base + (slot + 1 + k) * out_stride_c, _cast(post, out_type), mask=label_state)
-            else:
-                grad_row = out_ptr + t * out_stride_t + n * out_stride_n
-                blank_base = 0.0
-                if TORCH_GRAD:
-                    for c0 in range(0, classes, BLOCK_C):
-                        c = c0 + tl.arange(0, BLOCK_C)
-                        y = tl.load(lp_ptr + t * stride_t + n * stride_n + c * stride_c, mask=c < classes, other=float("-inf"))
-                        tl.store(grad_row + c * out_stride_c, _cast(tl.exp(y.to(tl.float64)), out_type), mask=c < classes)
-                    blank_base = tl.exp(tl.load(lp_ptr + t * stride_t + n * stride_n + blank * stride_c).to(tl.float64))
-                tl.debug_barrier()
-                tl.store(grad_row + blank * out_stride_c, _cast(blank_base - blank_post, out_type))
-                _subtract_by_rank(grad_row + cls * out_stride_c, post, label_state, rank, passes)
-            beta = after + emit
+        segments = (frames + segment - 1) // segment
+        for j in range(0, segments):
+            start = (segments - 1 - j) * segment
+            stop = tl.minimum(start + segment, frames)
+            alpha = tl.load(checkpoint + (start // segment) * BLOCK + s)
+            tl.store(rows + s, alpha)
+            for t in range(start + 1, stop):
+                emit = tl.load(row + t * stride_t, mask=valid, other=float("-inf")).to(tl.float64)
+                alpha = _alpha_step(alpha, rows + (t - 1 - start) * BLOCK, s, skip_in, emit)
+                tl.store(rows + (t - start) * BLOCK + s, alpha)
+            for i in range(0, stop - start):
+                t = stop - 1 - i
+                if t < frames - 1:
+                    slot_ring = ring + (t % 2) * BLOCK
+                    tl.store(slot_ring + s, beta)
+                    tl.debug_barrier()
+                    one = tl.load(slot_ring + s + 1, mask=s + 1 < BLOCK, other=float("-inf"))
+                    two = tl.load(slot_ring + s + 2, mask=skip_out, other=float("-inf"))
+                    after = _lse3(beta, one, two)
+                emit = tl.load(row + t * stride_t, mask=valid, other=float("-inf")).to(tl.float64)
+                alpha = tl.load(rows + (t - start) * BLOCK + s)  # this lane's own store: no barrier needed
+                post = tl.where(valid, tl.exp(alpha + after - log_p), 0.0)
+                blank_post = tl.sum(tl.where(label_state, 0.0, post))
+                if COMPACT:
+                    base = out_ptr + t * out_stride_t
+                    tl.store(base + slot * out_stride_c, _cast(blank_post, out_type))
+                    tl.store(base + (slot + 1 + k) * out_stride_c, _cast(post, out_type), mask=label_state)
+                else:
+                    grad_row = out_ptr + t * out_stride_t + n * out_stride_n
+                    blank_base = 0.0
+                    if TORCH_GRAD:
+                        for c0 in range(0, classes, BLOCK_C):
+                            c = c0 + tl.arange(0, BLOCK_C)
+                            y = tl.load(lp_ptr + t * stride_t + n * stride_n + c * stride_c, mask=c < classes,
+                                        other=float("-inf"))
+                            tl.store(grad_row + c * out_stride_c, _cast(tl.exp(y.to(tl.float64)), out_type), mask=c < classes)
+                        blank_base = tl.exp(tl.load(lp_ptr + t * stride_t + n * stride_n + blank * stride_c).to(tl.float64))
+                    tl.debug_barrier()
+                    tl.store(grad_row + blank * out_stride_c, _cast(blank_base - blank_post, out_type))
+                    _subtract_by_rank(grad_row + cls * out_stride_c, post, label_state, rank, passes)
+                beta = after + emit
+            tl.debug_barrier()  # every lane is done with this segment's rows before the next overwrites them
 
 
 @triton.jit
@@ -342,29 +360,31 @@ class DeviceBatch:
         return self.targets, self.offsets, self.input_lengths, self.target_lengths
 
 
-def _table_dtype(log_probs: torch.Tensor) -> torch.dtype:
-    return torch.float64 if log_probs.dtype == torch.float64 else torch.float32
+def _segment(frames: int) -> int:
+    """Frames per recomputed segment: sqrt(T) keeps checkpoints plus one segment smallest."""
+    return max(1, math.isqrt(max(frames - 1, 0)) + 1)
 
 
 def negative_log_likelihood(log_probs: torch.Tensor, batch: DeviceBatch, blank: int, grad: str, torch_grad: bool):
     """Per-item ``-log p(l_n | x_n)`` (float64, (N,)) and, by ``grad`` (``"none"``,
     ``"dense"``, ``"compact"``), nothing, the gradient of the summed loss or the compact
-    posteriors, as :func:`ctckit._core.negative_log_likelihood` returns them."""
+    posteriors, as :func:`ctckit._core.negative_log_likelihood` returns them.
+
+    Working memory, all float64 and freed on return: a two-row ring per item, and with a
+    gradient ``ceil(T / K) + K`` alpha rows per item (checkpoints and one segment of
+    ``K = ceil(sqrt(T))`` frames), each ``next_pow2(2 S + 1)`` states wide."""
     frames, size, classes = log_probs.shape
     device, block = log_probs.device, batch.block
     store = grad != "none"
+    segment = _segment(frames) if store else frames
+    checkpoints = -(-frames // segment)
     ring = torch.empty((size, 2, block), dtype=torch.float64, device=device)
-    table_shape = (size, frames, block) if store else (1,)
-    table = torch.empty(table_shape, dtype=_table_dtype(log_probs), device=device)
-    shifts = torch.empty((size, frames) if store else (1,), dtype=torch.float64, device=device)
+    checkpoint = torch.empty((size, checkpoints, block) if store else (1,), dtype=torch.float64, device=device)
     log_p = torch.empty(size, dtype=torch.float64, device=device)
-    if size == 0:
-        out = None if not store else log_probs.new_zeros(log_probs.shape if grad == "dense" else (frames, batch.targets.numel()))
-        return -log_p, out
     strides = log_probs.stride()
-    _alpha_kernel[(size,)](log_probs, *strides, *batch.index_args(), blank, ring, table, shifts, frames, log_p,
+    _alpha_kernel[(size,)](log_probs, *strides, *batch.index_args(), blank, ring, checkpoint, segment, checkpoints, log_p,
                            BLOCK=block, STORE=store, num_warps=_warps(block))
-    nll = torch.where(log_p > float("-inf"), -log_p, torch.full_like(log_p, float("inf")))
+    nll = torch.where(log_p == float("-inf"), float("inf"), 0.0 - log_p)  # NaN stays NaN; 0.0 - 0.0 is not -0.0
     if not store:
         return nll, None
     if grad == "dense":
@@ -373,8 +393,9 @@ def negative_log_likelihood(log_probs: torch.Tensor, batch: DeviceBatch, blank: 
     else:
         out = log_probs.new_zeros((frames, batch.targets.numel() + size))
         out_strides = (out.stride(0), 0, out.stride(1))
-    _beta_kernel[(size,)](log_probs, *strides, *batch.index_args(), blank, ring, table, shifts, frames, log_p,
-                          batch.rank, batch.passes, classes, out, *out_strides,
+    rows = torch.empty((size, segment, block), dtype=torch.float64, device=device)
+    _beta_kernel[(size,)](log_probs, *strides, *batch.index_args(), blank, ring, checkpoint, segment, checkpoints, rows,
+                          log_p, batch.rank, batch.passes, classes, out, *out_strides,
                           BLOCK=block, BLOCK_C=min(1024, triton.next_power_of_2(classes)), COMPACT=grad == "compact",
                           TORCH_GRAD=torch_grad, num_warps=_warps(block))
     return nll, out
@@ -384,8 +405,6 @@ def scatter_gradient(posteriors: torch.Tensor, batch: DeviceBatch, blank: int, s
     """The dense gradient of ``sum_n scale[n] * nll[n]`` from compact posteriors."""
     frames = posteriors.shape[0]
     grad = posteriors.new_zeros((frames, batch.size, classes))
-    if batch.size == 0:
-        return grad
     block_l = max(_MIN_BLOCK, triton.next_power_of_2(batch.max_length))
     scale = scale.to(device=posteriors.device, dtype=torch.float64).contiguous()
     _scatter_kernel[(batch.size,)](posteriors, posteriors.stride(0), posteriors.stride(1), *batch.index_args(),
@@ -402,8 +421,6 @@ def viterbi(log_probs: torch.Tensor, batch: DeviceBatch, blank: int):
     alignments = torch.full((size, frames), -1, dtype=torch.int64, device=device)
     scores = log_probs.new_zeros((size, frames))
     best = torch.empty(size, dtype=torch.float64, device=device)
-    if size == 0:
-        return alignments, scores, best
     ring = torch.empty((size, 2, block), dtype=torch.float64, device=device)
     back = torch.empty((size, frames, block), dtype=torch.int8, device=device)
     _viterbi_kernel[(size,)](log_probs, *log_probs.stride(), *batch.index_args(), blank, ring, back, frames,

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,6 +6,22 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+# Without a CUDA device the Triton kernels run in Triton's interpreter, on CPU tensors.
+# It must be chosen before the kernels are defined (the first import of ctckit._triton).
+if not _has_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+TRITON_DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+BACKEND_DEVICE = {"numba": "cpu", "torch": "cpu", "triton": TRITON_DEVICE}
 
 
 def log_softmax(x, axis=-1):

@@ -55,6 +55,19 @@ def test_torch_ops_float32_unbatched_and_gradcheck(rng):
                                                           case.blank, "sum", backend="torch"), (x,))
 
 
+def test_nan_and_infeasible_items_as_the_core():
+    lp = torch.randn(6, 5, 4, dtype=torch.float64).log_softmax(2)
+    lp[:, 2, 3] = -np.inf  # item 2: its label 3 can never be emitted
+    lp[3, 1, 1] = np.nan  # item 1: a NaN in a used frame
+    lp[0, 3, 1] = np.nan  # item 3: too short for its target (needs 5 frames) and a NaN
+    targets = torch.tensor([[1, 2, 2], [1, 2, 0], [3, 0, 0], [1, 1, 1], [0, 0, 0]])
+    il, tl = [6, 6, 6, 4, 0], [3, 2, 1, 3, 0]
+    core = ct.ctc_loss(lp, targets, il, tl, reduction="none", backend="numba")
+    ops = ct.ctc_loss(lp, targets, il, tl, reduction="none", backend="torch")
+    torch.testing.assert_close(ops, core, equal_nan=True, rtol=1e-12, atol=0)
+    assert torch.isnan(ops[1]) and ops[2] == ops[3] == np.inf and str(ops[4].item()) == "0.0"
+
+
 def test_backend_choice_and_devices():
     lp = torch.randn(4, 1, 3, device="meta")
     with pytest.raises(ValueError, match="log_probs is on device 'meta'; backend 'numba' computes on the CPU"):
