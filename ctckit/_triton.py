@@ -365,6 +365,26 @@ def _segment(frames: int) -> int:
     return max(1, math.isqrt(max(frames - 1, 0)) + 1)
 
 
+def workspace_shapes(frames: int, size: int, block: int, grad: bool) -> dict:
+    """The float64 working buffers of one loss call (freed when it returns), by name."""
+    if not grad:
+        return {"ring": (size, 2, block)}
+    segment = _segment(frames)
+    return {"ring": (size, 2, block), "checkpoints": (size, -(-frames // segment), block), "rows": (size, segment, block)}
+
+
+def memory_bytes(frames: int, size: int, classes: int, num_targets: int, max_length: int, itemsize: int,
+                 torch_grad: bool = False) -> dict:
+    """Bytes of a loss call with a gradient on (T, N, C) log-probs of ``itemsize`` bytes:
+    ``kept``, what the forward keeps for the backward (the dense gradient or the compact
+    posteriors, whichever is smaller; dense for torch's convention), and ``working``, the
+    float64 buffers of the forward (:func:`workspace_shapes`)."""
+    compact = not torch_grad and num_targets + size < size * classes
+    kept = frames * (num_targets + size if compact else size * classes) * itemsize
+    working = sum(math.prod(shape) for shape in workspace_shapes(frames, size, _block(max_length), True).values()) * 8
+    return {"kept": kept, "working": working, "compact": compact}
+
+
 def negative_log_likelihood(log_probs: torch.Tensor, batch: DeviceBatch, blank: int, grad: str, torch_grad: bool):
     """Per-item ``-log p(l_n | x_n)`` (float64, (N,)) and, by ``grad`` (``"none"``,
     ``"dense"``, ``"compact"``), nothing, the gradient of the summed loss or the compact
@@ -376,10 +396,11 @@ def negative_log_likelihood(log_probs: torch.Tensor, batch: DeviceBatch, blank: 
     frames, size, classes = log_probs.shape
     device, block = log_probs.device, batch.block
     store = grad != "none"
-    segment = _segment(frames) if store else frames
-    checkpoints = -(-frames // segment)
-    ring = torch.empty((size, 2, block), dtype=torch.float64, device=device)
-    checkpoint = torch.empty((size, checkpoints, block) if store else (1,), dtype=torch.float64, device=device)
+    work = {name: torch.empty(shape, dtype=torch.float64, device=device)
+            for name, shape in workspace_shapes(frames, size, block, store).items()}
+    ring = work["ring"]
+    checkpoint, rows = work.get("checkpoints", ring), work.get("rows", ring)  # (unused without a gradient)
+    segment, checkpoints = (rows.shape[1], checkpoint.shape[1]) if store else (frames, 1)
     log_p = torch.empty(size, dtype=torch.float64, device=device)
     strides = log_probs.stride()
     _alpha_kernel[(size,)](log_probs, *strides, *batch.index_args(), blank, ring, checkpoint, segment, checkpoints, log_p,
@@ -393,7 +414,6 @@ def negative_log_likelihood(log_probs: torch.Tensor, batch: DeviceBatch, blank: 
     else:
         out = log_probs.new_zeros((frames, batch.targets.numel() + size))
         out_strides = (out.stride(0), 0, out.stride(1))
-    rows = torch.empty((size, segment, block), dtype=torch.float64, device=device)
     _beta_kernel[(size,)](log_probs, *strides, *batch.index_args(), blank, ring, checkpoint, segment, checkpoints, rows,
                           log_p, batch.rank, batch.passes, classes, out, *out_strides,
                           BLOCK=block, BLOCK_C=min(1024, triton.next_power_of_2(classes)), COMPACT=grad == "compact",

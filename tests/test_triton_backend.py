@@ -250,3 +250,14 @@ def test_every_kernel_compiles_for_gpus(arch, log_probs):
 
 def test_interpreter_is_what_the_cpu_tests_use():
     assert TRITON_DEVICE == "cuda" or os.environ["TRITON_INTERPRET"] == "1"
+
+
+@pytest.mark.parametrize("classes,torch_grad", [(6, False), (40, False), (40, True)])
+def test_memory_accounting_matches_what_the_forward_keeps(classes, torch_grad, rng):
+    case = random_case(rng, frames=12, batch=3, classes=classes)
+    lp = torch.tensor(case.log_probs, dtype=torch.float32, device=TRITON_DEVICE)
+    _, saved = _ctc_loss_op(lp, torch.tensor(case.padded), torch.tensor(case.input_lengths), torch.tensor(case.target_lengths),
+                            case.blank, torch_grad, True, "triton")
+    planned = _triton.memory_bytes(12, 3, classes, case.padded.size, int(case.target_lengths.max()), 4, torch_grad)
+    assert saved.numel() * saved.element_size() == planned["kept"]
+    assert planned["compact"] == (saved.dim() == 2)
