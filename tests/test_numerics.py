@@ -184,3 +184,15 @@ def test_ordinary_long_inputs_stay_on_the_rescaled_path(frames, length, want_gra
                         np.ones(1), nll, np.zeros((1, 1, 1), np.float32), post, status)
     assert np.isfinite(nll).all()
     assert status[0] == loss.STATUS_OK
+
+
+def test_vectorised_exp_matches_libm():
+    from ctckit._core.vexp import make_scratch, vexp_shifted
+    src = np.concatenate([-np.linspace(0, 750, 20001), [-np.inf, np.nan, 3.0]])
+    out = np.empty_like(src)
+    vexp_shifted(src, 0.5, out, make_scratch(src.size))
+    expected = np.exp(np.minimum(src - 0.5, 0.0))
+    expected[src - 0.5 < -708] = 0.0
+    finite = np.isfinite(src)
+    np.testing.assert_allclose(out[finite], expected[finite], rtol=4e-16, atol=0)
+    assert out[-3] == 0.0 and np.isnan(out[-2]) and out[-1] == 1.0  # -inf, NaN, positive clamped to 0

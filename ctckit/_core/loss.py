@@ -53,7 +53,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import HOT, INLINE, NJIT, PARALLEL
-from .vexp import vexp_shifted
+from .vexp import make_scratch, vexp_shifted
 
 _NEG_INF = -np.inf
 _LN2 = math.log(2.0)
@@ -780,7 +780,7 @@ def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, bl
     work = np.empty(width)
     exp_row = np.empty(log_probs.shape[2])
     gathered = np.empty(length)
-    scratch = np.empty(max(length, log_probs.shape[2]))
+    scratch = make_scratch(max(length, log_probs.shape[2]))
     ok = False
     if mode == GRAD_NONE:
         rows = np.empty((2, width))

@@ -22,15 +22,16 @@ _LN2_LO = 1.4286068203094173e-06
 _LOWEST = -708.0
 
 
-@njit(**NJIT)
+@njit(**NJIT)  # not inlined: reassociation (the callers' flags) would undo the Cody-Waite split
 def vexp_shifted(src, shift, dst, scratch):
     """``dst[i] = exp(src[i] - shift)`` for ``i < dst.shape[0]``.
 
-    ``scratch`` is a float64 buffer at least as long as ``dst``: its int64 view receives
-    the exponent bits of ``2^n``. Both loops are branch-free and vectorise.
+    ``scratch`` is ``(buffer, buffer.view(np.int64))`` for a float64 buffer at least as long
+    as ``dst`` (see :func:`make_scratch`): the int64 view receives the exponent bits of
+    ``2^n``. Both loops are branch-free and vectorise.
     """
     size = dst.shape[0]
-    bits = scratch[:size].view(np.int64)
+    scratch, bits = scratch
     for i in range(size):
         x = np.float64(src[i]) - shift
         x = x if x == x else 0.0
@@ -58,3 +59,11 @@ def vexp_shifted(src, shift, dst, scratch):
         y = 0.0 if x < _LOWEST else y
         dst[i] = x if x != x else y
     return dst
+
+
+@njit(**NJIT)
+def make_scratch(size):
+    """The scratch pair of :func:`vexp_shifted`, made once per item (a dtype view costs
+    about 40 ns, as much as the exps of a short row)."""
+    buffer = np.empty(size)
+    return buffer, buffer.view(np.int64)
