@@ -184,6 +184,9 @@ def test_ordinary_long_inputs_stay_on_the_rescaled_path(frames, length, want_gra
                         np.ones(1), nll, np.zeros((1, 1, 1), np.float32), post, status)
     assert np.isfinite(nll).all()
     assert status[0] == loss.STATUS_OK
+    # The loss-only pass checks these (a state falls below 1e-290 of its block near
+    # t = 1000) with a backward pass down to the frame before: still exact.
+    assert nll[0] == pytest.approx(ref.ctc_nll(lp[:, 0].astype(np.float64), targets.tolist()), rel=1e-12)
 
 
 def test_vectorised_exp_matches_libm():
@@ -196,3 +199,26 @@ def test_vectorised_exp_matches_libm():
     finite = np.isfinite(src)
     np.testing.assert_allclose(out[finite], expected[finite], rtol=4e-16, atol=0)
     assert out[-3] == 0.0 and np.isnan(out[-2]) and out[-1] == 1.0  # -inf, NaN, positive clamped to 0
+
+
+@pytest.mark.parametrize("want_grad", [False, True])
+def test_a_lagging_path_lost_to_underflow_is_caught_and_recomputed(want_grad):
+    """Frames 0-19 favour emitting the labels at once (lagging behind costs 40 nats a frame:
+    e^-800 of the leading states, below the float64 range); frames 20-39 favour the labels
+    again and make staying at the end cost 100 nats a frame. The lagging path wins by far;
+    the rescaled pass loses it, its check notices, and log space gives the exact loss."""
+    from ctckit._core import loss
+
+    labels, half = 10, 20
+    lp = np.full((2 * half, 1, labels + 2), -1000.0)
+    for t in range(half):
+        lp[t, 0, 1 + t // 2] = lp[half + t, 0, 1 + t // 2] = 0.0
+        lp[t, 0, 0], lp[half + t, 0, 0] = -40.0, -100.0
+    targets = np.arange(1, labels + 1)
+    mode = loss.GRAD_COMPACT if want_grad else loss.GRAD_NONE
+    nll, status = np.empty(1), np.empty(1, np.int8)
+    post = np.zeros((2 * half, labels + 1) if want_grad else (1, 1))
+    loss.ctc_loss_batch(lp, targets, np.zeros(1, np.int64), np.array([2 * half]), np.array([labels]), 0, mode, False,
+                        np.ones(1), nll, np.zeros((1, 1, 1)), post, status)
+    assert status[0] == loss.STATUS_RECOMPUTED
+    assert nll[0] == pytest.approx(ref.ctc_nll(lp[:, 0], targets.tolist()), rel=1e-14)

@@ -437,32 +437,40 @@ def _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts
 
 
 @njit(**HOT)
-def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch):
+def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch,
+                        kept_row, kept_scales):
     """:func:`_alpha_pass` on two rolling rows, for the loss alone. Returns
-    ``(log P, at_risk)``: ``at_risk`` is False when no state that may reach the end ever
-    lost precision (see :func:`_row_at_risk`)."""
+    ``(log P, check_frame, check_shift)``: ``check_frame`` is -1 when no state that may
+    reach the end ever lost precision (see :func:`_row_at_risk`); otherwise the last frame
+    before the first loss, whose exact row is copied to ``kept_row``/``kept_scales``
+    (values ``* exp(check_shift)``) for :func:`_backward_log_likelihood`'s check."""
     length = labels.shape[0]
-    at_risk = False
+    check_frame = -1
+    check_shift = 0.0
     shift = 0.0
     for t in range(frames):
         m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch)
         if m != m:
-            return np.nan, False
+            return np.nan, check_frame, check_shift
         if m == _NEG_INF:
-            return _NEG_INF, True
+            return _NEG_INF, check_frame, check_shift
         row, row_scales = rows[t % 2], scales[t % 2]
+        previous_shift = shift
         if t == 0:
             state, shift = _alpha_first_row(row, row_scales, log_probs, n, blank, labels)
         else:
             state = _alpha_row(rows[(t - 1) % 2], scales[(t - 1) % 2], row, row_scales, t, frames, y_blank, y_label, m, skip, log_probs, n, blank, labels)
             shift += m
         if state < 0:
-            return np.nan, False
+            return np.nan, check_frame, check_shift
         if state == 0:
-            return _NEG_INF, True
-        if t > 0 and not at_risk:
-            at_risk = wide or _row_at_risk(rows[(t - 1) % 2], row, t, frames, y_blank, y_label, skip)
-    return _end_log_likelihood(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length, shift), at_risk
+            return _NEG_INF, check_frame, check_shift
+        if t > 0 and check_frame < 0:
+            if wide or _row_at_risk(rows[(t - 1) % 2], row, t, frames, y_blank, y_label, skip):
+                check_frame, check_shift = t - 1, previous_shift
+                kept_row[:] = rows[(t - 1) % 2]
+                kept_scales[:] = scales[(t - 1) % 2]
+    return _end_log_likelihood(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length, shift), check_frame, check_shift
 
 
 @njit(**INLINE)
@@ -590,13 +598,36 @@ def _beta_init(row, scales, length):
         _finish_block(row, scales, j, length, 0.0, _block_sum(row, j, length))
 
 
+@njit(**NJIT)
+def _row_product_log(a, a_scales, b, b_scales, length):
+    """log sum_s a(s) b(s) of two block-scaled rows (eq. 14 at one frame); -inf when zero."""
+    top = _NEG_INF
+    for j in range(_num_blocks(length)):
+        if a_scales[j] > _NEG_INF and b_scales[j] > _NEG_INF:
+            top = max(top, a_scales[j] + b_scales[j])
+    if top == _NEG_INF:
+        return _NEG_INF
+    total = 0.0
+    for j in range(_num_blocks(length)):
+        if a_scales[j] > _NEG_INF and b_scales[j] > _NEG_INF:
+            k0, kb, kl = _block(j, length)
+            dot = _range_dot(a, b, k0, kb) + _range_dot(a, b, length + 1 + k0, length + 1 + kl)
+            total += math.ldexp(dot, int(a_scales[j] + b_scales[j] - top))
+    if not total > 0.0:
+        return _NEG_INF
+    return np.log(total) + top * _LN2
+
+
 @njit(**HOT)
-def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch, work):
-    """log P from the backward recursion alone (eqs. 10-11, 13), to check the forward one."""
+def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch, work,
+                             check_frame, alpha_row, alpha_scales, alpha_shift):
+    """log P from the backward recursion down to ``check_frame`` (eqs. 10-11) and that
+    frame's forward row (eq. 14: P = sum_s alpha_t(s) beta_t(s)), to check the forward pass:
+    the backward rows are computed independently of the forward rows after that frame."""
     length = labels.shape[0]
     _beta_init(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length)
     shift = 0.0
-    for t in range(frames - 2, -1, -1):
+    for t in range(frames - 2, check_frame - 1, -1):
         m, y_blank, wide = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, scratch)
         if not m > _NEG_INF:
             return m if m != m else _NEG_INF
@@ -606,12 +637,8 @@ def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, sc
         if state == 0:
             return _NEG_INF
         shift += m
-    b0, s0 = rows[0], scales[0]
-    m, y_blank, wide = _emissions(log_probs, 0, n, blank, labels, y_label, exp_row, gathered, scratch)
-    start = y_blank * b0[0] + (y_label[0] * b0[length + 1] if length > 0 else 0.0)
-    if not start > 0.0:
-        return _NEG_INF
-    return np.log(start) + s0[0] * _LN2 + m + shift
+    slot = check_frame % 2
+    return _row_product_log(alpha_row, alpha_scales, rows[slot], scales[slot], length) + alpha_shift + shift
 
 
 @njit(**INLINE)
@@ -785,13 +812,17 @@ def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, bl
     if mode == GRAD_NONE:
         rows = np.empty((2, width))
         scales = np.empty((2, blocks))
-        log_p, at_risk = _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch)
+        kept_row = np.empty(width)
+        kept_scales = np.empty(blocks)
+        log_p, check_frame, check_shift = _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row,
+                                                              y_label, gathered, scratch, kept_row, kept_scales)
         if log_p != log_p:
             return np.nan, STATUS_OK
         if log_p > _NEG_INF:
-            if not at_risk:
+            if check_frame < 0:
                 return -log_p, STATUS_OK
-            check = _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch, work)
+            check = _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered,
+                                             scratch, work, check_frame, kept_row, kept_scales, check_shift)
             ok = abs(check - log_p) <= _LOG_P_TOLERANCE
     else:
         alpha = np.empty((frames, width))
