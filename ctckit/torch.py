@@ -91,6 +91,10 @@ def _ctc_loss_op(
     are smaller; an empty tensor otherwise. ``log_probs``: (T, N, C); ``kernel="numba"``:
     float32/float64 on the CPU; ``"triton"``: any float dtype on a CUDA device (or the CPU
     under ``TRITON_INTERPRET=1``)."""
+    return _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, kernel)
+
+
+def _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, kernel):
     _, batch = _batch(log_probs.shape, targets, input_lengths, target_lengths, blank)
     kind = _saved_kind(log_probs.shape, targets.numel(), torch_grad, need_grad)
     if kernel == "triton":
@@ -120,6 +124,10 @@ def _scatter_grad_op(
     scale: Tensor, blank: int, classes: int, kernel: str = "numba",
 ) -> Tensor:
     """The dense gradient (T, N, C) of ``sum_n scale[n] * loss_n`` from compact posteriors."""
+    return _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, kernel)
+
+
+def _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, kernel):
     frames = posteriors.shape[0]
     shape = (frames, input_lengths.shape[0], classes)
     _, batch = _batch(shape, targets, input_lengths, target_lengths, blank)
@@ -159,20 +167,56 @@ class _NoDoubleBackward(torch.autograd.Function):
 
 def _backward(ctx, grad_nll, _grad_of_saved):
     saved, log_probs, targets, input_lengths, target_lengths = ctx.saved_tensors
+    loss, scatter = (_loss_impl, _scatter_impl) if getattr(ctx, "eager", False) else (_ctc_loss_op, _scatter_grad_op)
     if not ctx.need_grad:  # the forward ran without the gradient: compute it now
-        _, saved = _ctc_loss_op(log_probs.detach(), targets, input_lengths, target_lengths, ctx.blank, ctx.torch_grad, True,
-                                ctx.kernel)
+        _, saved = loss(log_probs.detach(), targets, input_lengths, target_lengths, ctx.blank, ctx.torch_grad, True, ctx.kernel)
     if saved.dim() == 3:
         grad = saved * grad_nll.to(saved.dtype)[None, :, None]
     else:
-        grad = _scatter_grad_op(saved, targets, input_lengths, target_lengths, grad_nll, ctx.blank, log_probs.shape[2],
-                                ctx.kernel)
+        grad = scatter(saved, targets, input_lengths, target_lengths, grad_nll, ctx.blank, log_probs.shape[2], ctx.kernel)
     if torch.is_grad_enabled() and log_probs.requires_grad:
         grad = _NoDoubleBackward.apply(grad, log_probs)
     return grad, None, None, None, None, None, None, None
 
 
 _ctc_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerLoss(torch.autograd.Function):
+    """The operator's forward and backward without the operator: for plain tensors outside
+    ``torch.compile``/``torch.export``, where the operator's dispatch costs time on every
+    call, and its first call imports ``torch._dynamo`` (about 1.5 s)."""
+
+    @staticmethod
+    def forward(ctx, log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, kernel):
+        inputs = (log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, kernel)
+        nll, saved = _loss_impl(*inputs)
+        ctx.mark_non_differentiable(saved)
+        _setup_context(ctx, inputs, (nll, saved))
+        ctx.eager = True
+        return nll, saved
+
+    @staticmethod
+    def backward(ctx, grad_nll, grad_of_saved):
+        return _backward(ctx, grad_nll, grad_of_saved)
+
+
+def _plain_eager(*tensors) -> bool:
+    """Whether the operator may be bypassed: eager mode, plain tensors, no tracing mode."""
+    if torch.compiler.is_compiling() or _current_dispatch_mode() is not None:
+        return False
+    return all(type(t) is Tensor and not _is_functorch_wrapped(t) for t in tensors)
+
+
+def _current_dispatch_mode():
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode()
+
+
+def _is_functorch_wrapped(tensor: Tensor) -> bool:
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check(tensor)) if check is not None else False
 
 
 def _as_index_tensor(value, name: str) -> Tensor:
@@ -237,7 +281,8 @@ def ctc_loss(
                                  "(pass CPU tensors, or backend='auto' or 'torch')")
     if backend in _KERNELS:
         need_grad = torch.is_grad_enabled() and compute.requires_grad
-        nll, _ = _ctc_loss_op(compute, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, backend)
+        op = _EagerLoss.apply if _plain_eager(compute, targets, input_lengths, target_lengths) else _ctc_loss_op
+        nll, _ = op(compute, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, backend)
     else:
         nll = _loss_with_torch_ops(compute, targets, input_lengths, target_lengths, blank, torch_grad)
 

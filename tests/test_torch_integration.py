@@ -133,3 +133,32 @@ def test_double_backward_is_refused_but_create_graph_elsewhere_works():
     grad_lp, = torch.autograd.grad(ct.ctc_loss(lp, targets, il, tl), lp, create_graph=True)
     with pytest.raises(RuntimeError, match="does not support double backward"):
         torch.autograd.grad(grad_lp.square().sum(), lp)
+
+
+@pytest.mark.parametrize("classes", [6, 40])  # dense and compact saved state
+def test_eager_path_equals_the_operator(classes):
+    """Plain eager calls bypass the operator's dispatch (same forward and backward code)."""
+    from ctckit.torch import _EagerLoss
+
+    x, targets, il, tl = _problem(classes=classes)
+    results = []
+    for call in (_EagerLoss.apply, _ctc_loss_op):
+        lp = x.log_softmax(2).detach().requires_grad_()
+        nll, _ = call(lp, targets, il, tl, 0, False, True, "numba")
+        grad, = torch.autograd.grad((nll * torch.arange(1.0, 4.0, dtype=torch.float64)).sum(), lp)
+        results.append((nll, grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_first_eager_call_does_not_import_dynamo():
+    # the operator's first call imports torch._dynamo (about 1.5 s); plain eager use need not
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, ctckit.torch as ct\n"
+            "x = torch.randn(20, 2, 5).log_softmax(2).requires_grad_()\n"
+            "ct.ctc_loss(x, torch.tensor([[1, 2], [3, 3]]), [20, 20], [2, 2]).backward()\n"
+            "print('torch._dynamo' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"
