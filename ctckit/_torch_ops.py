@@ -26,7 +26,7 @@ def _logsumexp3(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
 
 
 def negative_log_likelihood(log_probs: Tensor, targets: Tensor, offsets: Tensor, input_lengths: Tensor,
-                            target_lengths: Tensor, blank: int, torch_grad: bool) -> Tensor:
+                            target_lengths: Tensor, blank: int, torch_grad: bool, longest: int | None = None) -> Tensor:
     """Per-item ``-log p(l_n | x_n)`` (N,), differentiable w.r.t. ``log_probs`` (T, N, C).
 
     ``targets`` 1-D int64 with item n's labels at ``offsets[n] : offsets[n] + target_lengths[n]``,
@@ -36,7 +36,8 @@ def negative_log_likelihood(log_probs: Tensor, targets: Tensor, offsets: Tensor,
     frames, size, _ = log_probs.shape
     device = log_probs.device
     work = log_probs if log_probs.dtype in (torch.float32, torch.float64) else log_probs.float()
-    longest = int(target_lengths.max()) if size else 0
+    if longest is None:  # (known on the host when validated there: no device sync, and meta tensors work)
+        longest = int(target_lengths.max()) if size else 0
     width = 2 * longest + 1
     position = torch.arange(longest, device=device)
     used = position[None, :] < target_lengths[:, None]

@@ -309,7 +309,8 @@ def _loss_with_torch_ops(log_probs, targets, input_lengths, target_lengths, blan
     device = log_probs.device
     as_tensor = lambda array: torch.from_numpy(array).to(device)
     return _torch_ops.negative_log_likelihood(log_probs, as_tensor(batch.targets), as_tensor(batch.offsets),
-                                              as_tensor(batch.input_lengths), as_tensor(batch.target_lengths), blank, torch_grad)
+                                              as_tensor(batch.input_lengths), as_tensor(batch.target_lengths), blank, torch_grad,
+                                              int(batch.target_lengths.max(initial=0)))
 
 
 class CTCLoss(torch.nn.Module):

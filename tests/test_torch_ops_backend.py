@@ -68,6 +68,14 @@ def test_nan_and_infeasible_items_as_the_core():
     assert torch.isnan(ops[1]) and ops[2] == ops[3] == np.inf and str(ops[4].item()) == "0.0"
 
 
+def test_meta_tensors_give_shapes_through_the_torch_ops():
+    lp = torch.randn(4, 2, 3, device="meta", requires_grad=True)
+    losses = ct.ctc_loss(lp, torch.tensor([[1], [2]]), [4, 3], [1, 1], reduction="none")
+    assert losses.device.type == "meta" and losses.shape == (2,)
+    losses.sum().backward()
+    assert lp.grad.device.type == "meta" and lp.grad.shape == lp.shape
+
+
 def test_backend_choice_and_devices():
     lp = torch.randn(4, 1, 3, device="meta")
     with pytest.raises(ValueError, match="log_probs is on device 'meta'; backend 'numba' computes on the CPU"):
