@@ -2,8 +2,8 @@
 
 On the shapes of ``ctckit bench`` (float32, padded targets, all inputs of length T), in
 one process: the providers' losses first (largest relative difference to ctckit), then
-median milliseconds of forward and forward+backward (CUDA events, providers interleaved
-in a shuffled order each round), then the peak of allocated GPU memory during one
+median milliseconds of forward and forward+backward (each call waits for the device;
+providers interleaved in a shuffled order each round), then the peak of allocated GPU memory during one
 forward+backward above what the inputs hold.
 
 Providers: ``ctckit`` (``backend="triton"``), ``torch`` (native CUDA kernel, cuDNN
@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import numpy as np
 
-from ctckit.bench import SHAPES, make_problem
+from ctckit.bench import SHAPES, interleaved_medians, make_problem
 
 MIB = 2 ** 20
 
@@ -105,7 +104,7 @@ def run(shapes, repeats, device_name):
         row = dict(shape=name, dims=SHAPES[name], device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                    agreement=agreement)
         for kind, step in (("forward_ms", forward), ("forward_backward_ms", forward_backward)):
-            row[kind] = _interleaved(calls, step, repeats, sync, device)
+            row[kind] = _interleaved(calls, step, repeats, sync)
         row["peak_mib"] = {}
         if device.type == "cuda":
             for p, fn in calls.items():
@@ -120,32 +119,19 @@ def run(shapes, repeats, device_name):
     return rows
 
 
-def _interleaved(calls, step, repeats, sync, device):
-    import time
+def _interleaved(calls, step, repeats, sync):
+    """Median milliseconds per provider: :func:`ctckit.bench.interleaved_medians` on calls
+    that wait for the device before returning (so launch and host work count too)."""
 
-    import torch
-
-    for fn in calls.values():
-        step(fn)
-    samples = {p: [] for p in calls}
-    order = list(calls)
-    shuffle = np.random.default_rng(0)
-    for _ in range(repeats):
-        shuffle.shuffle(order)
-        for p in order:
+    def timed(fn):
+        def run():
+            step(fn)
             sync()
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                step(calls[p])
-                end.record()
-                sync()
-                samples[p].append(start.elapsed_time(end))
-            else:
-                begin = time.perf_counter()
-                step(calls[p])
-                samples[p].append((time.perf_counter() - begin) * 1e3)
-    return {p: statistics.median(v) for p, v in samples.items()}
+        return run
+
+    sync()
+    medians = interleaved_medians({p: timed(fn) for p, fn in calls.items()}, repeats)
+    return {p: seconds * 1e3 for p, seconds in medians.items()}
 
 
 def _line(row):

@@ -94,6 +94,24 @@ def _states(targets_ptr, off, length, blank, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _item(n, lp_ptr, stride_n, stride_c, targets_ptr, offsets_ptr, input_lengths_ptr, target_lengths_ptr, blank,
+          BLOCK: tl.constexpr):
+    """Item n's lengths, target offset, lanes (:func:`_states`) and the pointers to each
+    lane's class in frame 0 (add ``t * stride_t`` for frame t)."""
+    frames = tl.load(input_lengths_ptr + n)
+    length = tl.load(target_lengths_ptr + n)
+    off = tl.load(offsets_ptr + n)
+    s, valid, label_state, k, cls, skip_in, skip_out, repeats = _states(targets_ptr, off, length, blank, BLOCK)
+    return frames, length, off, s, valid, label_state, k, cls, skip_in, skip_out, repeats, lp_ptr + n * stride_n + cls * stride_c
+
+
+@triton.jit
+def _first_states(s, valid, frames):
+    """The lanes of frame 0: states 0 and 1, if the item has a frame."""
+    return valid & (s < 2) & (s < 2 * frames)
+
+
+@triton.jit
 def _end_states(row, s, length):
     """The two final states' values (the last blank, and the last label when L > 0)."""
     width = 2 * length + 1
@@ -120,14 +138,11 @@ def _alpha_kernel(lp_ptr, stride_t, stride_n, stride_c, targets_ptr, offsets_ptr
     is NaN); with ``STORE``, the alpha row of every ``segment``-th frame into
     ``checkpoint[n, t // segment]`` for the backward pass to recompute the others."""
     n = tl.program_id(0).to(tl.int64)
-    frames = tl.load(input_lengths_ptr + n)
-    length = tl.load(target_lengths_ptr + n)
-    off = tl.load(offsets_ptr + n)
-    s, valid, label_state, k, cls, skip_in, skip_out, repeats = _states(targets_ptr, off, length, blank, BLOCK)
-    row = lp_ptr + n * stride_n + cls * stride_c
+    frames, length, off, s, valid, label_state, k, cls, skip_in, skip_out, repeats, row = _item(
+        n, lp_ptr, stride_n, stride_c, targets_ptr, offsets_ptr, input_lengths_ptr, target_lengths_ptr, blank, BLOCK)
     ring = ring_ptr + n * (2 * BLOCK)
     checkpoint = checkpoint_ptr + n * checkpoints * BLOCK
-    first = valid & (s < 2) & (s < 2 * frames)  # states 0 and 1, if there is a frame
+    first = _first_states(s, valid, frames)
     alpha = tl.load(row, mask=first, other=float("-inf")).to(tl.float64)
     nans = tl.sum(tl.where(first & (alpha != alpha), 1, 0))
     if STORE:
@@ -166,12 +181,9 @@ def _beta_kernel(lp_ptr, stride_t, stride_n, stride_c, targets_ptr, offsets_ptr,
     plus ``exp(log_probs)`` with ``TORCH_GRAD``. Infeasible items keep zeros; an item
     whose loss is NaN gets NaN on its frames."""
     n = tl.program_id(0).to(tl.int64)
-    frames = tl.load(input_lengths_ptr + n)
-    length = tl.load(target_lengths_ptr + n)
-    off = tl.load(offsets_ptr + n)
-    s, valid, label_state, k, cls, skip_in, skip_out, repeats = _states(targets_ptr, off, length, blank, BLOCK)
+    frames, length, off, s, valid, label_state, k, cls, skip_in, skip_out, repeats, row = _item(
+        n, lp_ptr, stride_n, stride_c, targets_ptr, offsets_ptr, input_lengths_ptr, target_lengths_ptr, blank, BLOCK)
     log_p = tl.load(log_p_ptr + n)
-    row = lp_ptr + n * stride_n + cls * stride_c
     ring = ring_ptr + n * (2 * BLOCK)
     checkpoint = checkpoint_ptr + n * checkpoints * BLOCK
     rows = rows_ptr + n * segment * BLOCK
@@ -275,15 +287,11 @@ def _viterbi_kernel(lp_ptr, stride_t, stride_n, stride_c, targets_ptr, offsets_p
     """Forced alignment (max-product over the trellis, int8 back-pointers), with the Numba
     core's tie-breaking: stay beats s-1 beats s-2; at the end the blank beats the label."""
     n = tl.program_id(0).to(tl.int64)
-    frames = tl.load(input_lengths_ptr + n)
-    length = tl.load(target_lengths_ptr + n)
-    off = tl.load(offsets_ptr + n)
-    s, valid, label_state, k, cls, skip_in, skip_out, repeats = _states(targets_ptr, off, length, blank, BLOCK)
-    row = lp_ptr + n * stride_n + cls * stride_c
+    frames, length, off, s, valid, label_state, k, cls, skip_in, skip_out, repeats, row = _item(
+        n, lp_ptr, stride_n, stride_c, targets_ptr, offsets_ptr, input_lengths_ptr, target_lengths_ptr, blank, BLOCK)
     ring = ring_ptr + n * (2 * BLOCK)
     back = back_ptr + n * frames_max * BLOCK
-    first = valid & (s < 2) & (s < 2 * frames)  # states 0 and 1, if there is a frame
-    delta = tl.load(row, mask=first, other=float("-inf")).to(tl.float64)
+    delta = tl.load(row, mask=_first_states(s, valid, frames), other=float("-inf")).to(tl.float64)
     for t in range(1, frames):
         slot = ring + (t % 2) * BLOCK
         tl.store(slot + s, delta)
