@@ -17,10 +17,11 @@ never ``-inf - (-inf)`` even where a class is masked.
 A frame's neighbours ``s - 1`` and ``s - 2`` live in other lanes: each step stores the
 row to a two-slot ring in global memory, waits at a barrier, and loads it shifted.
 
-Memory kept between forward and backward: the forward pass stores every frame's alpha
-row, relative to the row's maximum (float32 for half and single inputs, float64 for
-double), plus that maximum in float64: ``N * T * next_pow2(2 S + 1)`` values. The
-backward pass turns it into compact posteriors or the dense gradient and frees it.
+Memory: with a gradient, the alpha pass stores a float64 checkpoint row every
+``K = ceil(sqrt(T))`` frames; the beta pass recomputes each segment of ``K`` frames from its
+checkpoint, last segment first, and writes the dense gradient or the compact posteriors
+(whichever is smaller) as it goes. Both run inside the loss's forward; only that result
+is kept for the backward (:func:`memory_bytes`).
 
 Deterministic: no atomics. Per-class sums over a frame's states are fixed-order
 reductions; a label that occurs ``r`` times in a target is added in ``r`` ordered

@@ -18,6 +18,7 @@ import os
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _core, _decode, _torch_ops
 from ._decode import TokenSpan
@@ -203,15 +204,9 @@ class _EagerLoss(torch.autograd.Function):
 
 def _plain_eager(*tensors) -> bool:
     """Whether the operator may be bypassed: eager mode, plain tensors, no tracing mode."""
-    if torch.compiler.is_compiling() or _current_dispatch_mode() is not None:
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return False
     return all(type(t) is Tensor and not _is_functorch_wrapped(t) for t in tensors)
-
-
-def _current_dispatch_mode():
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    return _get_current_dispatch_mode()
 
 
 def _is_functorch_wrapped(tensor: Tensor) -> bool:
