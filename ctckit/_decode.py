@@ -135,7 +135,7 @@ def greedy_decode(log_probs, input_lengths=None, blank=0) -> list[list[int]]:
 
 
 def beam_search(log_probs, input_lengths=None, beam_width=16, blank=0, top_k=1, *, token_min_log_prob=-10.0,
-                lm: LanguageModel | None = None, lm_weight=0.5, hotwords: Sequence[Sequence[int]] | None = None,
+                beam_prune_log_prob=-20.0, lm: LanguageModel | None = None, lm_weight=0.5, hotwords: Sequence[Sequence[int]] | None = None,
                 hotword_weight=2.0):
     """CTC prefix beam search: see :func:`ctckit.numpy.beam_search`."""
     array, batched = batched_log_probs(log_probs)
@@ -146,17 +146,21 @@ def beam_search(log_probs, input_lengths=None, beam_width=16, blank=0, top_k=1, 
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise CTCInputError(f"{name} must be a positive int, got {value!r}")
     token_min_log_prob = float(token_min_log_prob)
+    beam_prune_log_prob = float(beam_prune_log_prob)
+    if not beam_prune_log_prob <= 0:
+        raise CTCInputError(f"beam_prune_log_prob must be <= 0 (a margin below the best hypothesis), got {beam_prune_log_prob!r}")
     if lm is None and not hotwords:
         out_labels = np.zeros((size, top_k, frames), dtype=np.int64)
         out_lengths = np.zeros((size, top_k), dtype=np.int64)
         out_scores = np.zeros((size, top_k))
         found = np.zeros(size, dtype=np.int64)
-        beam_search_batch(array, lengths, blank, int(beam_width), token_min_log_prob, int(top_k), out_labels, out_lengths, out_scores, found)
+        beam_search_batch(array, lengths, blank, int(beam_width), token_min_log_prob, beam_prune_log_prob, int(top_k), out_labels, out_lengths, out_scores, found)
         results = [[([int(c) for c in out_labels[n, r, : out_lengths[n, r]]], float(out_scores[n, r])) for r in range(found[n])]
                    for n in range(size)]
     else:
         scorer = _Scorer(lm, lm_weight, hotwords, hotword_weight)
-        results = [_beam_search_python(array[: lengths[n], n], blank, int(beam_width), token_min_log_prob, int(top_k), scorer)
+        results = [_beam_search_python(array[: lengths[n], n], blank, int(beam_width), token_min_log_prob, beam_prune_log_prob,
+                                       int(top_k), scorer)
                    for n in range(size)]
     return results if batched else results[0]
 
@@ -198,16 +202,19 @@ class _Scorer:
         return 0.0
 
 
-def _beam_search_python(lp, blank, beam_width, token_min_log_prob, top_k, scorer):
+def _beam_search_python(lp, blank, beam_width, token_min_log_prob, beam_prune_log_prob, top_k, scorer):
     """The recursions of :mod:`ctckit._core.beam` with a language model and hotwords
-    (:class:`_Scorer`). During the search hypotheses are ranked by acoustic log-probability
-    plus kept and provisional scores; the result by acoustic plus kept scores, which is
-    also the score reported."""
+    (:class:`_Scorer`), with the same candidate order and pruning. During the search
+    hypotheses are ranked by acoustic log-probability plus kept and provisional scores; the
+    result by acoustic plus kept scores, which is also the score reported."""
     beams = {(): (0.0, -math.inf, 0.0)}  # prefix -> (log p_b, log p_nb, kept extra score)
 
     def ranked(items, final):
-        key = lambda item: -(_logaddexp(item[1][0], item[1][1]) + item[1][2] + (0.0 if final else scorer.provisional(item[0])))
-        return sorted(items, key=key)
+        score = lambda item: _logaddexp(item[1][0], item[1][1]) + item[1][2] + (0.0 if final else scorer.provisional(item[0]))
+        scored = sorted(((score(item), item) for item in items), key=lambda pair: -pair[0])
+        floor = scored[0][0] + beam_prune_log_prob if scored and scored[0][0] > -math.inf else -math.inf
+        kept = [item for value, item in scored if value > -math.inf and not value < floor]
+        return kept or [scored[0][1]]  # every candidate impossible: keep the first, as the core does
 
     for t in range(lp.shape[0]):
         row = lp[t].astype(np.float64)
@@ -222,11 +229,10 @@ def _beam_search_python(lp, blank, beam_width, token_min_log_prob, top_k, scorer
             old = nxt.get(prefix, (-math.inf, -math.inf, kept))
             nxt[prefix] = (_logaddexp(old[0], b), _logaddexp(old[1], nb), old[2])
 
+        for prefix, (b, nb, kept) in beams.items():  # the beams first, then new prefixes
+            add(prefix, _logaddexp(b, nb) + row[blank], nb + row[prefix[-1]] if prefix else -math.inf, kept)
         for prefix, (b, nb, kept) in beams.items():
             total = _logaddexp(b, nb)
-            add(prefix, total + row[blank], -math.inf, kept)
-            if prefix:
-                add(prefix, -math.inf, nb + row[prefix[-1]], kept)
             for c in labels:
                 source = b if prefix and c == prefix[-1] else total
                 extended = prefix + (c,)

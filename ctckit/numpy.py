@@ -114,19 +114,22 @@ def greedy_decode(log_probs, input_lengths=None, blank=0):
 
 
 def beam_search(log_probs, input_lengths=None, beam_width=16, blank=0, top_k=1, *, token_min_log_prob=-10.0,
-                lm=None, lm_weight=0.5, hotwords=None, hotword_weight=2.0):
+                beam_prune_log_prob=-20.0, lm=None, lm_weight=0.5, hotwords=None, hotword_weight=2.0):
     """CTC prefix beam search.
 
     Returns, per item, up to ``top_k`` pairs ``(labels, log_prob)``, best first;
     ``log_prob`` is the log of the labeling's total probability over all its paths.
     With ``beam_width`` large enough to keep every prefix and
-    ``token_min_log_prob=-inf`` the first hypothesis is the exact most probable labeling
-    and its ``log_prob`` equals minus its CTC loss.
+    ``token_min_log_prob=beam_prune_log_prob=-inf`` the first hypothesis is the exact most
+    probable labeling and its ``log_prob`` equals minus its CTC loss.
 
     Args:
         beam_width: prefixes kept after each frame.
         token_min_log_prob: at each frame only labels with at least this log-prob extend a
             prefix (the most probable label always does).
+        beam_prune_log_prob: after each frame, prefixes whose score is more than
+            ``-beam_prune_log_prob`` below the best one's are dropped (``-inf``: never). On
+            confident outputs this leaves few beams, and the search is that much faster.
         lm: optional ``lm(prefix: tuple, label: int) -> float``, a log-score for extending
             ``prefix`` by ``label`` (any n-gram or neural model), added times ``lm_weight``.
         hotwords: optional label sequences to boost: a completed hotword gains
@@ -136,7 +139,7 @@ def beam_search(log_probs, input_lengths=None, beam_width=16, blank=0, top_k=1, 
         those scores.
     """
     return _decode.beam_search(log_probs, input_lengths, beam_width, blank, top_k, token_min_log_prob=token_min_log_prob,
-                               lm=lm, lm_weight=lm_weight, hotwords=hotwords, hotword_weight=hotword_weight)
+                               beam_prune_log_prob=beam_prune_log_prob, lm=lm, lm_weight=lm_weight, hotwords=hotwords, hotword_weight=hotword_weight)
 
 
 def ctc_posteriors(log_probs, targets, input_lengths, target_lengths, blank=0):

@@ -93,7 +93,8 @@ def test_wide_beam_finds_the_exact_most_probable_labeling(seed):
     lp = log_softmax(1.5 * rng.standard_normal((frames, classes)))
     exact = _labeling_log_probs(lp, blank)
     ranked = sorted(exact.items(), key=lambda kv: -kv[1])
-    hyps = cn.beam_search(lp, beam_width=1000, blank=blank, top_k=4, token_min_log_prob=-np.inf)
+    hyps = cn.beam_search(lp, beam_width=1000, blank=blank, top_k=4, token_min_log_prob=-np.inf,
+                          beam_prune_log_prob=-np.inf)
     assert [tuple(h[0]) for h in hyps] == [r[0] for r in ranked[:4]]
     for labels, score in hyps:
         assert score == pytest.approx(exact[tuple(labels)], abs=1e-10)
@@ -102,13 +103,53 @@ def test_wide_beam_finds_the_exact_most_probable_labeling(seed):
             assert score == pytest.approx(-loss, abs=1e-10)
 
 
-def test_python_search_with_neutral_lm_equals_the_fast_one(rng):
-    lp = log_softmax(rng.standard_normal((40, 3, 8)))
-    fast = cn.beam_search(lp, [40, 30, 20], beam_width=8, top_k=3)
-    slow = cn.beam_search(lp, [40, 30, 20], beam_width=8, top_k=3, lm=lambda prefix, label: 0.0)
+def _peaky(rng, frames, batch, classes, noise):
+    """Outputs like a trained model's: blank-dominated, a label peaking every few frames."""
+    logits = noise * rng.standard_normal((frames, batch, classes))
+    logits[..., 0] += 3.0
+    for t in range(1, frames, 3):
+        logits[t, np.arange(batch), rng.integers(1, classes, batch)] += 4.0
+    return log_softmax(logits)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("beam_width,top_k,token_min,prune", [
+    (1, 1, -10.0, -20.0), (3, 3, -10.0, -20.0), (8, 4, -np.inf, -np.inf), (16, 2, -3.0, -5.0)])
+def test_python_search_with_neutral_lm_equals_the_fast_one(seed, beam_width, top_k, token_min, prune):
+    # The Numba core and the Python path (taken whenever an lm is given) rank the same
+    # candidates in the same order and prune alike, so they must agree hypothesis by hypothesis.
+    rng = np.random.default_rng(seed)
+    lp = _peaky(rng, 40, 3, 8, noise=1.0 + seed / 3) if seed % 2 else log_softmax(rng.standard_normal((40, 3, 8)))
+    options = dict(beam_width=beam_width, top_k=top_k, token_min_log_prob=token_min, beam_prune_log_prob=prune)
+    fast = cn.beam_search(lp, [40, 30, 20], **options)
+    slow = cn.beam_search(lp, [40, 30, 20], lm=lambda prefix, label: 0.0, **options)
     for a, b in zip(fast, slow):
         assert [h[0] for h in a] == [h[0] for h in b]
         np.testing.assert_allclose([h[1] for h in a], [h[1] for h in b], atol=1e-9)
+
+
+def test_top_k_hypotheses_are_distinct_labelings_scored_by_their_kept_paths(rng):
+    lp = _peaky(rng, 30, 4, 6, noise=1.5)
+    for n, hyps in enumerate(cn.beam_search(lp, beam_width=32, top_k=8, token_min_log_prob=-np.inf,
+                                            beam_prune_log_prob=-np.inf)):
+        labelings = [tuple(labels) for labels, _ in hyps]
+        assert len(hyps) == 8 and len(set(labelings)) == 8
+        scores = [score for _, score in hyps]
+        assert scores == sorted(scores, reverse=True)
+        for labels, score in hyps:  # the probability of the paths the beam kept: at most the total
+            exact = -cn.ctc_loss(lp[:, n], labels, 30, len(labels), reduction="sum") if labels else lp[:, n, 0].sum()
+            assert score <= exact + 1e-12 and score > exact - 1.0
+
+
+def test_beam_pruning_drops_hypotheses_far_below_the_best():
+    probs = np.full((4, 3), 1e-6)
+    probs[:, 0] = 1 - 2e-6  # all blank, the alternatives e^-13 per frame below
+    lp = np.log(probs)
+    kept = lambda prune: len(cn.beam_search(lp, beam_width=16, top_k=16, token_min_log_prob=-np.inf,
+                                            beam_prune_log_prob=prune))
+    assert kept(-5.0) == 1  # only the empty labeling is within e^-5 of the best
+    assert kept(-20.0) == 3  # [], [1], [2] (e^-12.4 below)
+    assert kept(-np.inf) == 15  # every labeling that fits 4 frames; [1, 1, 1] needs 5
 
 
 def test_language_model_and_hotwords_change_the_result():
@@ -150,6 +191,7 @@ def test_torch_frontend_matches_numpy(rng):
 @pytest.mark.parametrize("call,message", [
     (lambda lp: cn.beam_search(lp, beam_width=0), r"beam_width must be a positive int, got 0"),
     (lambda lp: cn.beam_search(lp, top_k=-1), r"top_k must be a positive int"),
+    (lambda lp: cn.beam_search(lp, beam_prune_log_prob=1.0), r"beam_prune_log_prob must be <= 0"),
     (lambda lp: cn.greedy_decode(lp, blank=9), r"blank must be in \[0, C\) = \[0, 5\), got 9"),
     (lambda lp: cn.greedy_decode(lp, [10, 11]), r"input_lengths\[1\] = 11 is outside \[0, T\] = \[0, 10\] \(batch index 1\)"),
     (lambda lp: cn.beam_search(lp[..., :0]), r"log_probs must not be empty"),
