@@ -96,8 +96,8 @@ def _trained_model_outputs(steps):
     """(log_probs (T, N, C) float32, alphabet) of the demo model after ``steps`` training steps."""
     import torch
 
-    import ctckit.demo as demo
     import ctckit.torch as ct
+    from ctckit import demo
 
     model, _, seconds = demo.train(ct.CTCLoss(), steps, 0, 32, steps, False)
     images, labels, _ = demo.TextLines(10_000).batch(512)
@@ -112,8 +112,8 @@ def _trained_model_outputs(steps):
 
 def bench_beam_on_trained_model(repeats, beam_widths, steps):
     try:
-        from pyctcdecode import build_ctcdecoder
         import torch  # noqa: F401
+        from pyctcdecode import build_ctcdecoder
     except ImportError as error:
         print(f"beam search on a trained model: {error.name} not installed: skipped")
         return
