@@ -53,9 +53,11 @@ import numpy as np
 from numba import njit, prange
 
 from .config import HOT, INLINE, NJIT, PARALLEL
+from .prefetch import prefetch
 from .vexp import make_scratch, vexp_shifted
 
 _NEG_INF = -np.inf
+_PREFETCH_FRAMES = 4  # how many frames ahead the gathered log-probs are prefetched
 _LN2 = math.log(2.0)
 BLOCK = 64
 """Labels per block of states sharing one log-scale (2 * BLOCK states)."""
@@ -113,8 +115,9 @@ def _label_posteriors(out, a, b, k0, kl, off, factor):
 
 
 @njit(**INLINE)
-def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch):
-    """Frame ``t``'s emissions of the blank and of each label, shifted by ``m``.
+def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch, ahead):
+    """Frame ``t``'s emissions of the blank and of each label, shifted by ``m``; the labels'
+    log-probs of frame ``ahead`` (when in ``[0, T)``) are prefetched for a later call.
 
     Writes ``y_label[k] = exp(log y[t, l_k] - m)``; returns ``(m, exp(log y[t, blank] - m),
     wide)``. ``m`` is the largest needed log-prob, or with fewer classes than labels the
@@ -141,6 +144,10 @@ def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scrat
         for k in range(length):
             y_label[k] = exp_row[labels[k]]
         return m, exp_row[blank], low < m - 700.0
+    if 0 <= ahead < log_probs.shape[0]:
+        prefetch(log_probs, ahead, n, blank)
+        for k in range(length):
+            prefetch(log_probs, ahead, n, labels[k])
     for k in range(length):
         v = np.float64(log_probs[t, n, labels[k]])
         gathered[k] = v
@@ -417,7 +424,7 @@ def _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts
     length = labels.shape[0]
     shift = 0.0
     for t in range(frames):
-        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row, gathered, scratch)
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row, gathered, scratch, t + _PREFETCH_FRAMES)
         emit_blank[t], emit_shift[t] = y_blank, m
         if m != m:
             return np.nan
@@ -449,7 +456,7 @@ def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales,
     check_shift = 0.0
     shift = 0.0
     for t in range(frames):
-        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch)
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch, t + _PREFETCH_FRAMES)
         if m != m:
             return np.nan, check_frame, check_shift
         if m == _NEG_INF:
@@ -628,7 +635,7 @@ def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, sc
     _beta_init(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length)
     shift = 0.0
     for t in range(frames - 2, check_frame - 1, -1):
-        m, y_blank, wide = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, scratch)
+        m, y_blank, wide = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, scratch, t + 1 - _PREFETCH_FRAMES)
         if not m > _NEG_INF:
             return m if m != m else _NEG_INF
         state = _beta_row(rows[(t + 1) % 2], scales[(t + 1) % 2], rows[t % 2], scales[t % 2], t, frames, y_blank, y_label, m, skip, log_probs, n, blank, labels, work)
