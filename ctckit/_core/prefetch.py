@@ -8,10 +8,13 @@ Each gather then waits on a cache miss. Asking for frame ``t + d``'s elements wh
 changes no result.
 """
 
-from llvmlite import ir
+from llvmlite import binding, ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+# LLVM names intrinsics by their pointer types: opaque pointers (LLVM 15 on) are "p0".
+_NAME = "llvm.prefetch.p0" if binding.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
 
 
 @intrinsic
@@ -29,7 +32,7 @@ def prefetch(typingctx, array, i, j, k):
         byte_pointer = ir.IntType(8).as_pointer()
         int32 = ir.IntType(32)
         hint = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]), "llvm.prefetch.p0")
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]), _NAME)
         # read (0), high temporal locality (3), data cache (1)
         builder.call(hint, [builder.bitcast(pointer, byte_pointer), int32(0), int32(3), int32(1)])
         return context.get_dummy_value()
