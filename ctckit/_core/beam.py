@@ -120,6 +120,7 @@ def _beam_item(log_probs, n, frames, blank, beam_width, token_min_log_prob, beam
     cand_label = np.empty(beam_width * 2, dtype=np.int64)  # its last label (new prefixes)
     keep = np.empty(beam_width, dtype=np.int64)
     keep_total = np.empty(beam_width)
+    new_node = np.empty(beam_width, dtype=np.int64)
     for t in range(frames):
         count = _candidate_labels(log_probs, t, n, blank, token_min_log_prob, labels)
         log_blank = np.float64(log_probs[t, n, blank])
@@ -183,7 +184,6 @@ def _beam_item(log_probs, n, frames, blank, beam_width, token_min_log_prob, beam
         if kept == 0:  # every candidate has probability zero: keep the first, as the sort would
             keep[0], kept = 0, 1
         # the kept candidates become the beams; new prefixes become trie nodes
-        new_node = np.empty(kept, dtype=np.int64)
         for r in range(kept):
             a = keep[r]
             if a < beams:
