@@ -118,8 +118,8 @@ def beam_search(log_probs, input_lengths=None, beam_width=16, blank=0, top_k=1, 
     """CTC prefix beam search.
 
     Returns, per item, up to ``top_k`` pairs ``(labels, log_prob)``, best first;
-    ``log_prob`` is the log of the labeling's total probability over all its paths.
-    With ``beam_width`` large enough to keep every prefix and
+    ``log_prob`` is the log of the labeling's probability summed over the paths the search
+    kept (a lower bound of its total, which it equals when nothing was pruned). With ``beam_width`` large enough to keep every prefix and
     ``token_min_log_prob=beam_prune_log_prob=-inf`` the first hypothesis is the exact most
     probable labeling and its ``log_prob`` equals minus its CTC loss.
 
