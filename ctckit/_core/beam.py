@@ -118,6 +118,7 @@ def _beam_item(log_probs, n, frames, blank, beam_width, token_min_log_prob, beam
     cand_nb = np.empty(beam_width * 2)
     cand_from = np.empty(beam_width * 2, dtype=np.int64)   # the beam it extends (new prefixes)
     cand_label = np.empty(beam_width * 2, dtype=np.int64)  # its last label (new prefixes)
+    cand_total = np.empty(beam_width * 2)                   # log(p_b + p_nb)
     keep = np.empty(beam_width, dtype=np.int64)
     keep_total = np.empty(beam_width)
     new_node = np.empty(beam_width, dtype=np.int64)
@@ -140,6 +141,7 @@ def _beam_item(log_probs, n, frames, blank, beam_width, token_min_log_prob, beam
             cand_nb = np.empty(2 * size)
             cand_from = np.empty(2 * size, dtype=np.int64)
             cand_label = np.empty(2 * size, dtype=np.int64)
+            cand_total = np.empty(2 * size)
         for i in range(beams):
             cand_b[i] = _NEG_INF
             cand_nb[i] = _NEG_INF
@@ -168,11 +170,12 @@ def _beam_item(log_probs, n, frames, blank, beam_width, token_min_log_prob, beam
         # keep the beam_width best of the possible ones (stable: a later candidate must be strictly better)
         best = _NEG_INF
         for a in range(created):
-            best = max(best, _lae(cand_b[a], cand_nb[a]))
+            cand_total[a] = _lae(cand_b[a], cand_nb[a])
+            best = max(best, cand_total[a])
         floor = best + beam_prune_log_prob if best > _NEG_INF else _NEG_INF
         kept = 0
         for a in range(created):
-            total = _lae(cand_b[a], cand_nb[a])
+            total = cand_total[a]
             if total == _NEG_INF or total < floor or (kept == beam_width and total <= keep_total[kept - 1]):
                 continue
             r = min(kept, beam_width - 1)
