@@ -190,10 +190,10 @@ def test_ordinary_long_inputs_stay_on_the_rescaled_path(frames, length, want_gra
 
 
 def test_vectorised_exp_matches_libm():
-    from ctckit._core.vexp import make_scratch, vexp_shifted
+    from ctckit._core.vexp import scratch_pair, vexp_shifted
     src = np.concatenate([-np.linspace(0, 750, 20001), [-np.inf, np.nan, 3.0]])
     out = np.empty_like(src)
-    vexp_shifted(src, 0.5, out, make_scratch(src.size))
+    vexp_shifted(src, 0.5, out, scratch_pair(np.empty(src.size)))
     expected = np.exp(np.minimum(src - 0.5, 0.0))
     expected[src - 0.5 < -708] = 0.0
     finite = np.isfinite(src)
@@ -222,3 +222,26 @@ def test_a_lagging_path_lost_to_underflow_is_caught_and_recomputed(want_grad):
                         np.ones(1), nll, np.zeros((1, 1, 1)), post, status)
     assert status[0] == loss.STATUS_RECOMPUTED
     assert nll[0] == pytest.approx(ref.ctc_nll(lp[:, 0], targets.tolist()), rel=1e-14)
+
+
+def test_unmanaged_views_share_the_owner_memory():
+    from numba import njit
+
+    from ctckit._core.intrinsics import keep_alive, unmanaged
+
+    @njit
+    def fill(size):
+        owner = np.zeros(size)
+        view = unmanaged(owner)
+        rows = view[2:8].reshape((2, 3))  # views of an unmanaged view are unmanaged too
+        for t in range(2):
+            row = rows[t]
+            for i in range(3):
+                row[i] = 10 * t + i
+        view[0] = view[1:].sum()
+        keep_alive(owner)
+        return owner
+
+    out = fill(10)
+    np.testing.assert_array_equal(out[2:8], [0, 1, 2, 10, 11, 12])
+    assert out[0] == 36 and out[1] == 0 and out[8:].sum() == 0

@@ -53,8 +53,8 @@ import numpy as np
 from numba import njit, prange
 
 from .config import HOT, INLINE, NJIT, PARALLEL
-from .prefetch import prefetch
-from .vexp import make_scratch, vexp_shifted
+from .intrinsics import keep_alive, prefetch, unmanaged
+from .vexp import scratch_pair, vexp_shifted
 
 _NEG_INF = -np.inf
 _PREFETCH_FRAMES = 4  # how many frames ahead the gathered log-probs are prefetched
@@ -671,15 +671,12 @@ def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, 
 
 @njit(**HOT)
 def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, log_p, emit_blank, emit_label, emit_shift,
-                   mode, grad, post, slot, scale, torch_grad, work, label_post):
+                   mode, grad, post, slot, scale, torch_grad, work, label_post, rows, b_scales, block_mass, block_exponent):
     """Backward recursion with the posterior scatter (eqs. 14-16); False when eq. 14 fails
-    at a frame (then the caller recomputes the item in log space)."""
+    at a frame (then the caller recomputes the item in log space). ``rows``, ``b_scales``
+    (two rows each), ``block_mass`` and ``block_exponent`` are work arrays."""
     length = labels.shape[0]
     blocks = _num_blocks(length)
-    rows = np.empty((2, 2 * length + 1))
-    b_scales = np.empty((2, blocks))
-    block_mass = np.empty(blocks)
-    block_exponent = np.empty(blocks)
     _beta_init(rows[(frames - 1) % 2], b_scales[(frames - 1) % 2], length)
     b_shift = 0.0
     for t in range(frames - 1, -1, -1):
@@ -790,37 +787,73 @@ def _fill_item(mode, grad, post, n, slot, frames, length, value):
                 grad[t, n, c] = value
 
 
+@njit(**INLINE)
+def _carve(workspace, start, size):
+    """``(workspace[start:start + size], start + size)``."""
+    return workspace[start:start + size], start + size
+
+
+@njit(**NJIT)
+def _workspace_size(frames, length, classes, mode):
+    """float64 elements :func:`_loss_item` carves its work arrays from (see there)."""
+    width, blocks = 2 * length + 1, _num_blocks(length)
+    common = 4 * length + width + classes + max(length, classes)
+    if mode == GRAD_NONE:
+        return common + 3 * width + 3 * blocks
+    return common + frames * (width + blocks + 3 + length) + 2 * width + 4 * blocks
+
+
 @njit(**NJIT)
 def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, blank, mode, torch_grad, scale, grad, post):
     """Negative log-likelihood of item ``n``, writing its gradient or posteriors per ``mode``.
 
     Returns ``(nll, status)``. Infeasible items give ``+inf`` and a zero gradient; a NaN
     among the used log-probs gives a NaN loss and NaN gradient rows.
+
+    Every array the passes touch is an :func:`.unmanaged` view (the inputs, and the work
+    arrays carved from one allocation): passed to the inlined per-frame helpers, managed
+    arrays cost about 50 atomic reference-count updates per frame, half the time of a
+    short item. ``keep_alive`` holds the one allocation until the passes are done.
     """
     frames = input_lengths[n]
     length = target_lengths[n]
     labels = targets[offsets[n]:offsets[n] + length]
-    slot = offsets[n] + n
     if min_frames_needed(labels, length) > frames:
         return np.inf, STATUS_OK
     if frames == 0:
         return 0.0, STATUS_OK  # empty input, empty target: the empty path, P = 1
+    classes = log_probs.shape[2]
+    workspace = np.empty(_workspace_size(frames, length, classes, mode))
+    result = _item_passes(unmanaged(log_probs), unmanaged(labels), n, frames, length, blank, mode, torch_grad, scale,
+                          unmanaged(grad), unmanaged(post), offsets[n] + n, unmanaged(workspace))
+    keep_alive(workspace)
+    return result
+
+
+@njit(**NJIT)
+def _item_passes(log_probs, labels, n, frames, length, blank, mode, torch_grad, scale, grad, post, slot, workspace):
+    """:func:`_loss_item`'s computation on unmanaged views (``slot``: item n's first
+    column of ``post``)."""
     width = 2 * length + 1
     blocks = _num_blocks(length)
-    skip = np.empty(length)
+    classes = log_probs.shape[2]
+    at = 0
+    skip, at = _carve(workspace, at, length)
+    y_label, at = _carve(workspace, at, length)
+    label_post, at = _carve(workspace, at, length)
+    gathered, at = _carve(workspace, at, length)
+    work, at = _carve(workspace, at, width)
+    exp_row, at = _carve(workspace, at, classes)
+    scratch_buffer, at = _carve(workspace, at, max(length, classes))
+    scratch = scratch_pair(scratch_buffer)
     _skip_weights(labels, length, skip)
-    y_label = np.empty(length)
-    label_post = np.empty(length)
-    work = np.empty(width)
-    exp_row = np.empty(log_probs.shape[2])
-    gathered = np.empty(length)
-    scratch = make_scratch(max(length, log_probs.shape[2]))
     ok = False
     if mode == GRAD_NONE:
-        rows = np.empty((2, width))
-        scales = np.empty((2, blocks))
-        kept_row = np.empty(width)
-        kept_scales = np.empty(blocks)
+        rows, at = _carve(workspace, at, 2 * width)
+        scales, at = _carve(workspace, at, 2 * blocks)
+        kept_row, at = _carve(workspace, at, width)
+        kept_scales, at = _carve(workspace, at, blocks)
+        rows, scales = rows.reshape((2, width)), scales.reshape((2, blocks))
         log_p, check_frame, check_shift = _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row,
                                                               y_label, gathered, scratch, kept_row, kept_scales)
         if log_p != log_p:
@@ -832,19 +865,25 @@ def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, bl
                                              scratch, work, check_frame, kept_row, kept_scales, check_shift)
             ok = abs(check - log_p) <= _LOG_P_TOLERANCE
     else:
-        alpha = np.empty((frames, width))
-        scales = np.empty((frames, blocks))
-        shifts = np.empty(frames)
-        emit_blank = np.empty(frames)
-        emit_shift = np.empty(frames)
-        emit_label = np.empty((frames, length))
+        alpha, at = _carve(workspace, at, frames * width)
+        scales, at = _carve(workspace, at, frames * blocks)
+        shifts, at = _carve(workspace, at, frames)
+        emit_blank, at = _carve(workspace, at, frames)
+        emit_shift, at = _carve(workspace, at, frames)
+        emit_label, at = _carve(workspace, at, frames * length)
+        beta_rows, at = _carve(workspace, at, 2 * width)
+        beta_scales, at = _carve(workspace, at, 2 * blocks)
+        block_mass, at = _carve(workspace, at, blocks)
+        block_exponent, at = _carve(workspace, at, blocks)
+        alpha, scales, emit_label = alpha.reshape((frames, width)), scales.reshape((frames, blocks)), emit_label.reshape((frames, length))
         log_p = _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered, scratch)
         if log_p != log_p:
             _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
             return np.nan, STATUS_OK
         if log_p > _NEG_INF:
             ok = _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, log_p, emit_blank, emit_label, emit_shift,
-                                mode, grad, post, slot, scale, torch_grad, work, label_post)
+                                mode, grad, post, slot, scale, torch_grad, work, label_post,
+                                beta_rows.reshape((2, width)), beta_scales.reshape((2, blocks)), block_mass, block_exponent)
     # A -inf from the rescaled pass (no surviving path) is confirmed in log space too:
     # underflow must never fake an infinite loss.
     if ok:

@@ -27,7 +27,7 @@ def vexp_shifted(src, shift, dst, scratch):
     """``dst[i] = exp(src[i] - shift)`` for ``i < dst.shape[0]``.
 
     ``scratch`` is ``(buffer, buffer.view(np.int64))`` for a float64 buffer at least as long
-    as ``dst`` (see :func:`make_scratch`): the int64 view receives the exponent bits of
+    as ``dst`` (see :func:`scratch_pair`): the int64 view receives the exponent bits of
     ``2^n``. Both loops are branch-free and vectorise.
     """
     size = dst.shape[0]
@@ -62,8 +62,7 @@ def vexp_shifted(src, shift, dst, scratch):
 
 
 @njit(**NJIT)
-def make_scratch(size):
-    """The scratch pair of :func:`vexp_shifted`, made once per item (a dtype view costs
-    about 40 ns, as much as the exps of a short row)."""
-    buffer = np.empty(size)
+def scratch_pair(buffer):
+    """The ``scratch`` of :func:`vexp_shifted` on a float64 ``buffer``: made once per item
+    (a dtype view costs about 40 ns, as much as the exps of a short row)."""
     return buffer, buffer.view(np.int64)

@@ -1,0 +1,97 @@
+"""Two low-level tools for the kernels' inner loops, written as Numba intrinsics.
+
+:func:`unmanaged`: array views that skip reference counting. Numba counts references to
+every array atomically, and each array handed to an inlined helper is a new reference:
+in the loss's per-frame code that was about 25 increments and 25 decrements per frame of
+an item, more than half of its time (an atomic operation costs about 5 ns here). Views
+made by :func:`unmanaged` carry no reference count, so those operations become a test of
+a null pointer; their owner must outlive them (:func:`keep_alive`).
+
+:func:`prefetch`: a software prefetch hint for array elements (``llvm.prefetch``). The
+loss gathers the blank's and the target labels' log-probs of each frame: with many
+classes (``C`` in the thousands) these are scattered over a row of several KiB, one row
+per frame at a stride of ``N * C`` elements, which the hardware prefetcher cannot guess.
+Each gather then waits on a cache miss. Asking for frame ``t + d``'s elements while frame
+``t`` is computed hides that latency. A prefetch is only a hint: it never faults and
+changes no result.
+"""
+
+from llvmlite import binding, ir
+from numba import config, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# LLVM names intrinsics by their pointer types: opaque pointers (LLVM 15 on) are "p0".
+_NAME = "llvm.prefetch.p0" if binding.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def prefetch(typingctx, array, i, j, k):
+    """Hint that ``array[i, j, k]`` (a 3-D array) will be read soon; no bounds check is
+    needed (a prefetch of any address is harmless), but callers stay in bounds anyway."""
+    if not (isinstance(array, types.Array) and array.ndim == 3):
+        return None
+    signature = types.void(array, i, j, k)
+
+    def codegen(context, builder, sig, args):
+        view = context.make_array(sig.args[0])(context, builder, args[0])
+        index = [context.cast(builder, value, kind, types.intp) for value, kind in zip(args[1:], sig.args[1:])]
+        pointer = cgutils.get_item_pointer(context, builder, sig.args[0], view, index, wraparound=False)
+        byte_pointer = ir.IntType(8).as_pointer()
+        int32 = ir.IntType(32)
+        hint = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]), _NAME)
+        # read (0), high temporal locality (3), data cache (1)
+        builder.call(hint, [builder.bitcast(pointer, byte_pointer), int32(0), int32(3), int32(1)])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def unmanaged(typingctx, array):
+    """A view of ``array`` (same type, data, shape and strides) without a reference count.
+
+    Passing it around costs no atomic operation; views taken from it have none either.
+    It does not keep the memory alive: the caller keeps the owner alive for as long as
+    the view is used (:func:`keep_alive` after the last use), and never returns the view.
+    """
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        owner = context.make_array(sig.args[0])(context, builder, args[0])
+        view = context.make_array(sig.return_type)(context, builder)
+        for field in ("nitems", "itemsize", "data", "shape", "strides"):
+            setattr(view, field, getattr(owner, field))
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)  # no reference count
+        view.parent = cgutils.get_null_value(view.parent.type)  # no Python object behind it
+        return view._getvalue()
+
+    return array(array), codegen
+
+
+@intrinsic
+def keep_alive(typingctx, *arrays):
+    """Does nothing, but counts as a use of each array: Numba releases an array after its
+    last use, so calling this after the last use of an :func:`unmanaged` view keeps the
+    views' owners alive until then."""
+    if not all(isinstance(array, types.Array) for array in arrays):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.get_dummy_value()
+
+    return types.void(types.StarArgTuple(arrays)), codegen
+
+
+if config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1, used to check the kernels' logic)
+    def prefetch(array, i, j, k):
+        """No-op: a hint only."""
+
+    def unmanaged(array):
+        """The array itself: Python counts references anyway."""
+        return array
+
+    def keep_alive(*arrays):
+        """No-op."""
