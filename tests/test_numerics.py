@@ -190,10 +190,10 @@ def test_ordinary_long_inputs_stay_on_the_rescaled_path(frames, length, want_gra
 
 
 def test_vectorised_exp_matches_libm():
-    from ctckit._core.vexp import scratch_pair, vexp_shifted
+    from ctckit._core.vexp import vexp_shifted
     src = np.concatenate([-np.linspace(0, 750, 20001), [-np.inf, np.nan, 3.0]])
     out = np.empty_like(src)
-    vexp_shifted(src, 0.5, out, scratch_pair(np.empty(src.size)))
+    vexp_shifted(src, 0.5, out)
     expected = np.exp(np.minimum(src - 0.5, 0.0))
     expected[src - 0.5 < -708] = 0.0
     finite = np.isfinite(src)

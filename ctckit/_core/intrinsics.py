@@ -16,6 +16,7 @@ Each gather then waits on a cache miss. Asking for frame ``t + d``'s elements wh
 changes no result.
 """
 
+import numpy as np
 from llvmlite import binding, ir
 from numba import config, types
 from numba.core import cgutils
@@ -85,6 +86,21 @@ def keep_alive(typingctx, *arrays):
     return types.void(types.StarArgTuple(arrays)), codegen
 
 
+
+@intrinsic
+def float_from_bits(typingctx, bits):
+    """The float64 whose IEEE 754 bit pattern is the int64 ``bits`` (a bit cast, no
+    conversion): ``float_from_bits((e + 1023) << 52) == 2.0 ** e`` for normal ``e``."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = context.cast(builder, args[0], sig.args[0], types.int64)
+        return builder.bitcast(value, ir.DoubleType())
+
+    return types.float64(bits), codegen
+
+
 if config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1, used to check the kernels' logic)
     def prefetch(array, i, j, k):
         """No-op: a hint only."""
@@ -95,3 +111,7 @@ if config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1, used to check the k
 
     def keep_alive(*arrays):
         """No-op."""
+
+    def float_from_bits(bits):
+        """The float64 with bit pattern ``bits``."""
+        return float(np.array(bits, dtype=np.int64).view(np.float64))

@@ -54,7 +54,7 @@ from numba import njit, prange
 
 from .config import HOT, INLINE, NJIT, PARALLEL
 from .intrinsics import keep_alive, prefetch, unmanaged
-from .vexp import scratch_pair, vexp_shifted
+from .vexp import vexp_shifted
 
 _NEG_INF = -np.inf
 _PREFETCH_FRAMES = 4  # how many frames ahead the gathered log-probs are prefetched
@@ -115,7 +115,7 @@ def _label_posteriors(out, a, b, k0, kl, off, factor):
 
 
 @njit(**INLINE)
-def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch, ahead):
+def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, ahead):
     """Frame ``t``'s emissions of the blank and of each label, shifted by ``m``; the labels'
     log-probs of frame ``ahead`` (when in ``[0, T)``) are prefetched for a later call.
 
@@ -140,7 +140,7 @@ def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scrat
             low = v if (v < low and v > _NEG_INF) else low
         if m == _NEG_INF:
             return m, 0.0, False
-        vexp_shifted(row, m, exp_row, scratch)
+        vexp_shifted(row, m, exp_row)
         for k in range(length):
             y_label[k] = exp_row[labels[k]]
         return m, exp_row[blank], low < m - 700.0
@@ -155,7 +155,7 @@ def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scrat
         low = v if (v < low and v > _NEG_INF) else low
     if m == _NEG_INF:
         return m, 0.0, False
-    vexp_shifted(gathered, m, y_label, scratch)
+    vexp_shifted(gathered, m, y_label)
     return m, np.exp(log_blank - m), low < m - 700.0
 @njit(**INLINE)
 def _num_blocks(length):
@@ -416,7 +416,7 @@ def _row_at_risk(prev, row, t, frames, y_blank, y_label, skip):
 
 
 @njit(**HOT)
-def _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered, scratch):
+def _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered):
     """The forward recursion (eqs. 6-7) keeping every row: ``alpha[t]`` block-normalised,
     ``scales[t]`` its blocks' power-of-two exponents, ``shifts[t]`` the row's log-shift:
     alpha = value * 2^scale * exp(shift). Frame t's emissions are kept in ``emit_*`` for
@@ -424,7 +424,7 @@ def _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts
     length = labels.shape[0]
     shift = 0.0
     for t in range(frames):
-        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row, gathered, scratch, t + _PREFETCH_FRAMES)
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row, gathered, t + _PREFETCH_FRAMES)
         emit_blank[t], emit_shift[t] = y_blank, m
         if m != m:
             return np.nan
@@ -444,7 +444,7 @@ def _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts
 
 
 @njit(**HOT)
-def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch,
+def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered,
                         kept_row, kept_scales):
     """:func:`_alpha_pass` on two rolling rows, for the loss alone. Returns
     ``(log P, check_frame, check_shift)``: ``check_frame`` is -1 when no state that may
@@ -456,7 +456,7 @@ def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales,
     check_shift = 0.0
     shift = 0.0
     for t in range(frames):
-        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, scratch, t + _PREFETCH_FRAMES)
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, t + _PREFETCH_FRAMES)
         if m != m:
             return np.nan, check_frame, check_shift
         if m == _NEG_INF:
@@ -626,7 +626,7 @@ def _row_product_log(a, a_scales, b, b_scales, length):
 
 
 @njit(**HOT)
-def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, scratch, work,
+def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered, work,
                              check_frame, alpha_row, alpha_scales, alpha_shift):
     """log P from the backward recursion down to ``check_frame`` (eqs. 10-11) and that
     frame's forward row (eq. 14: P = sum_s alpha_t(s) beta_t(s)), to check the forward pass:
@@ -635,7 +635,7 @@ def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, sc
     _beta_init(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length)
     shift = 0.0
     for t in range(frames - 2, check_frame - 1, -1):
-        m, y_blank, wide = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, scratch, t + 1 - _PREFETCH_FRAMES)
+        m, y_blank, wide = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, t + 1 - _PREFETCH_FRAMES)
         if not m > _NEG_INF:
             return m if m != m else _NEG_INF
         state = _beta_row(rows[(t + 1) % 2], scales[(t + 1) % 2], rows[t % 2], scales[t % 2], t, frames, y_blank, y_label, m, skip, log_probs, n, blank, labels, work)
@@ -797,7 +797,7 @@ def _carve(workspace, start, size):
 def _workspace_size(frames, length, classes, mode):
     """float64 elements :func:`_loss_item` carves its work arrays from (see there)."""
     width, blocks = 2 * length + 1, _num_blocks(length)
-    common = 4 * length + width + classes + max(length, classes)
+    common = 4 * length + width + classes
     if mode == GRAD_NONE:
         return common + 3 * width + 3 * blocks
     return common + frames * (width + blocks + 3 + length) + 2 * width + 4 * blocks
@@ -844,8 +844,6 @@ def _item_passes(log_probs, labels, n, frames, length, blank, mode, torch_grad, 
     gathered, at = _carve(workspace, at, length)
     work, at = _carve(workspace, at, width)
     exp_row, at = _carve(workspace, at, classes)
-    scratch_buffer, at = _carve(workspace, at, max(length, classes))
-    scratch = scratch_pair(scratch_buffer)
     _skip_weights(labels, length, skip)
     ok = False
     if mode == GRAD_NONE:
@@ -855,14 +853,14 @@ def _item_passes(log_probs, labels, n, frames, length, blank, mode, torch_grad, 
         kept_scales, at = _carve(workspace, at, blocks)
         rows, scales = rows.reshape((2, width)), scales.reshape((2, blocks))
         log_p, check_frame, check_shift = _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row,
-                                                              y_label, gathered, scratch, kept_row, kept_scales)
+                                                              y_label, gathered, kept_row, kept_scales)
         if log_p != log_p:
             return np.nan, STATUS_OK
         if log_p > _NEG_INF:
             if check_frame < 0:
                 return -log_p, STATUS_OK
             check = _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered,
-                                             scratch, work, check_frame, kept_row, kept_scales, check_shift)
+                                             work, check_frame, kept_row, kept_scales, check_shift)
             ok = abs(check - log_p) <= _LOG_P_TOLERANCE
     else:
         alpha, at = _carve(workspace, at, frames * width)
@@ -876,7 +874,7 @@ def _item_passes(log_probs, labels, n, frames, length, blank, mode, torch_grad, 
         block_mass, at = _carve(workspace, at, blocks)
         block_exponent, at = _carve(workspace, at, blocks)
         alpha, scales, emit_label = alpha.reshape((frames, width)), scales.reshape((frames, blocks)), emit_label.reshape((frames, length))
-        log_p = _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered, scratch)
+        log_p = _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered)
         if log_p != log_p:
             _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
             return np.nan, STATUS_OK

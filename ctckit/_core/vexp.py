@@ -4,7 +4,7 @@ Numba calls libm's scalar ``exp`` (about 20 cycles); the emissions ``exp(log y -
 the hot transcendental of the CTC kernels. This one is plain arithmetic that LLVM turns
 into SIMD code: Cody-Waite range reduction ``x = n ln2 + r``, ``|r| <= ln2 / 2``, a
 degree-12 Taylor polynomial for ``exp(r)`` (truncation error below 2e-16), and ``2^n``
-written into the exponent bits through an int64 view.
+made by writing ``n + 1023`` into the exponent bits.
 
 Inputs are expected to be ``<= 0`` (log-probs shifted by a maximum). Positive inputs are
 clamped to 0; inputs below ``-708`` (results below the normal range) give 0; ``-inf``
@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from .config import NJIT
+from .intrinsics import float_from_bits
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693145751953125  # ln 2 split so that n * _LN2_HI is exact for |n| < 2^11
@@ -23,18 +24,12 @@ _LOWEST = -708.0
 
 
 @njit(**NJIT)  # not inlined: reassociation (the callers' flags) would undo the Cody-Waite split
-def vexp_shifted(src, shift, dst, scratch):
-    """``dst[i] = exp(src[i] - shift)`` for ``i < dst.shape[0]``.
-
-    ``scratch`` is ``(buffer, buffer.view(np.int64))`` for a float64 buffer at least as long
-    as ``dst`` (see :func:`scratch_pair`): the int64 view receives the exponent bits of
-    ``2^n``. Both loops are branch-free and vectorise.
-    """
-    size = dst.shape[0]
-    scratch, bits = scratch
-    for i in range(size):
-        x = np.float64(src[i]) - shift
-        x = x if x == x else 0.0
+def vexp_shifted(src, shift, dst):
+    """``dst[i] = exp(src[i] - shift)`` for ``i < dst.shape[0]``, in one branch-free loop
+    that vectorises (``2^n`` is written into the exponent bits by a bit cast)."""
+    for i in range(dst.shape[0]):
+        x0 = np.float64(src[i]) - shift
+        x = x0 if x0 == x0 else 0.0
         x = _LOWEST if x < _LOWEST else x
         x = 0.0 if x > 0.0 else x
         n = np.floor(x * _LOG2E + 0.5)
@@ -51,18 +46,6 @@ def vexp_shifted(src, shift, dst, scratch):
         p = p * r + 1.0 / 6.0
         p = p * r + 0.5
         p = p * r + 1.0
-        dst[i] = p * r + 1.0
-        bits[i] = (np.int64(n) + 1023) << 52
-    for i in range(size):
-        x = np.float64(src[i]) - shift
-        y = dst[i] * scratch[i]
-        y = 0.0 if x < _LOWEST else y
-        dst[i] = x if x != x else y
-    return dst
-
-
-@njit(**NJIT)
-def scratch_pair(buffer):
-    """The ``scratch`` of :func:`vexp_shifted` on a float64 ``buffer``: made once per item
-    (a dtype view costs about 40 ns, as much as the exps of a short row)."""
-    return buffer, buffer.view(np.int64)
+        y = (p * r + 1.0) * float_from_bits((np.int64(n) + 1023) << 52)
+        y = 0.0 if x0 < _LOWEST else y
+        dst[i] = x0 if x0 != x0 else y
