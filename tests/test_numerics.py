@@ -140,17 +140,23 @@ from ctckit._core import loss
 from conftest import log_softmax
 
 rng = np.random.default_rng(11)
-frames, length = 80, 40
-lp = log_softmax(30.0 * rng.standard_normal((frames, 2, 5)))
-targets = rng.integers(1, 5, (2, length))
-expected = ref.batch_nll(lp, [list(r) for r in targets], [frames, frames])
-for mode in (loss.GRAD_NONE, loss.GRAD_DENSE, loss.GRAD_COMPACT):
-    nll, status = np.zeros(2), np.zeros(2, np.int8)
-    grad = np.zeros(lp.shape if mode == loss.GRAD_DENSE else (1, 1, 1))
-    post = np.zeros((frames, 2 * length + 2) if mode == loss.GRAD_COMPACT else (1, 1))
-    loss.ctc_loss_batch(lp, targets.reshape(-1), np.array([0, length]), np.array([frames, frames]),
-                        np.array([length, length]), 0, mode, False, np.ones(2), nll, grad, post, status)
-    np.testing.assert_allclose(nll, expected, rtol=1e-10)
+frames = 80
+# peaky inputs (the block-scaled and log-space passes), ordinary ones with an empty and a
+# short target (the one-scale passes)
+for scale, lengths in ((30.0, [40, 40]), (1.0, [0, 7])):
+    lp = log_softmax(scale * rng.standard_normal((frames, 2, 5)))
+    targets = rng.integers(1, 5, (2, max(lengths)))
+    labels = [list(row[:n]) for row, n in zip(targets, lengths)]
+    expected = ref.batch_nll(lp, labels, [frames, frames])
+    for mode in (loss.GRAD_NONE, loss.GRAD_DENSE, loss.GRAD_COMPACT):
+        nll, status = np.zeros(2), np.zeros(2, np.int8)
+        grad = np.zeros(lp.shape if mode == loss.GRAD_DENSE else (1, 1, 1))
+        post = np.zeros((frames, 2 * targets.shape[1] + 2) if mode == loss.GRAD_COMPACT else (1, 1))
+        loss.ctc_loss_batch(lp, targets.reshape(-1), np.array([0, targets.shape[1]]), np.array([frames, frames]),
+                            np.array(lengths), 0, mode, False, np.ones(2), nll, grad, post, status)
+        np.testing.assert_allclose(nll, expected, rtol=1e-10)
+        if mode == loss.GRAD_DENSE:
+            np.testing.assert_allclose(grad, ref.batch_grad(lp, labels, [frames, frames]), atol=1e-9)
 print("ok")
 """
 
@@ -222,6 +228,64 @@ def test_a_lagging_path_lost_to_underflow_is_caught_and_recomputed(want_grad):
                         np.ones(1), nll, np.zeros((1, 1, 1)), post, status)
     assert status[0] == loss.STATUS_RECOMPUTED
     assert nll[0] == pytest.approx(ref.ctc_nll(lp[:, 0], targets.tolist()), rel=1e-14)
+
+
+def _run_core(lp, targets, frames, length, mode):
+    """One item through the core driver: (nll, status, gradient output)."""
+    from ctckit._core import loss
+
+    nll, status = np.empty(1), np.empty(1, np.int8)
+    grad = np.zeros(lp.shape if mode == loss.GRAD_DENSE else (1, 1, 1), lp.dtype)
+    post = np.zeros((frames, length + 1) if mode == loss.GRAD_COMPACT else (1, 1), lp.dtype)
+    loss.ctc_loss_batch(lp, np.asarray(targets), np.zeros(1, np.int64), np.array([frames]), np.array([length]), 0, mode,
+                        False, np.ones(1), nll, grad, post, status)
+    return nll[0], status[0], grad if mode == loss.GRAD_DENSE else post
+
+
+@pytest.mark.parametrize("frames,length", [(50, 0), (50, 1), (100, 40), (500, 150), (2000, 120)])
+@pytest.mark.parametrize("mode", ["none", "dense"])
+def test_short_items_take_the_one_scale_passes_and_stay_exact(frames, length, mode):
+    # Speed depends on ordinary short items staying on the one-scale passes (the block-scaled
+    # passes would give the same result, slower); exactness is checked against float64. At
+    # T = 2000, L = 120 the loss-only pass meets a state at risk and checks itself backwards.
+    from ctckit._core import loss
+
+    rng = np.random.default_rng(frames + length)
+    lp = log_softmax(rng.standard_normal((frames, 1, 32))).astype(np.float32)
+    targets = rng.integers(1, 32, length)
+    code = loss.GRAD_NONE if mode == "none" else loss.GRAD_DENSE
+    nll, status, grad = _run_core(lp, targets, frames, length, code)
+    assert status == loss.STATUS_ONE_SCALE
+    lp64 = lp[:, 0].astype(np.float64)
+    assert nll == pytest.approx(ref.ctc_nll(lp64, targets.tolist()), rel=1e-12)
+    if mode == "dense":
+        exact = ref.ctc_grad(lp64, targets.tolist())
+        np.testing.assert_allclose(grad[:, 0], exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("mode", ["none", "dense", "compact"])
+def test_a_path_lost_by_one_scale_per_row_is_kept_by_the_blocks(mode):
+    """Frames 0-199 emit the 100 labels at once for free, a blank costs 5 nats; frames
+    200-399 emit them again, and now a blank costs 100 nats. The winning path waits on the
+    first blank through the first half (e^-1000 behind the leading states by frame 200):
+    one scale per row loses it (e^-709 is the end of float64) and gives up, the block-scaled
+    passes keep it in block 0 with that block's own scale (the labels past 63 are in block
+    1), and the result is exact without the log-space fallback. In dense mode, the frames
+    the one-scale gradient pass wrote before giving up must not leak into the result."""
+    from ctckit._core import loss
+
+    labels, half = 100, 200
+    lp = np.full((2 * half, 1, labels + 2), -1000.0)
+    for t in range(half):
+        lp[t, 0, 1 + t // 2] = lp[half + t, 0, 1 + t // 2] = 0.0
+        lp[t, 0, 0], lp[half + t, 0, 0] = -5.0, -100.0
+    targets = np.arange(1, labels + 1)
+    code = {"none": loss.GRAD_NONE, "dense": loss.GRAD_DENSE, "compact": loss.GRAD_COMPACT}[mode]
+    nll, status, out = _run_core(lp, targets, 2 * half, labels, code)
+    assert status == loss.STATUS_OK
+    assert nll == pytest.approx(ref.ctc_nll(lp[:, 0], targets.tolist()), rel=1e-12)
+    if mode == "dense":
+        np.testing.assert_allclose(out[:, 0], ref.ctc_grad(lp[:, 0], targets.tolist()), rtol=0, atol=1e-9)
 
 
 def test_unmanaged_views_share_the_owner_memory():

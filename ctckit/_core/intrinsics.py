@@ -15,7 +15,9 @@ Each gather then waits on a cache miss. Asking for frame ``t + d``'s elements wh
 ``t`` is computed hides that latency. A prefetch is only a hint: it never faults and
 changes no result.
 
-:func:`float_from_bits`: a float64 from its bit pattern, for :mod:`.vexp`'s ``2^n``.
+:func:`float_from_bits` and :func:`bits_from_float`: bit casts between a float64 and its
+IEEE 754 bit pattern, for :mod:`.vexp`'s ``2^n`` and for reading and making powers of two
+without ``frexp``/``ldexp`` library calls.
 """
 
 import numpy as np
@@ -102,6 +104,19 @@ def float_from_bits(typingctx, bits):
     return types.float64(bits), codegen
 
 
+@intrinsic
+def bits_from_float(typingctx, value):
+    """The IEEE 754 bit pattern of the float64 ``value``, as an int64 (a bit cast, no
+    conversion): bits 52-62 hold the biased exponent."""
+    if not isinstance(value, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(context.cast(builder, args[0], sig.args[0], types.float64), ir.IntType(64))
+
+    return types.int64(value), codegen
+
+
 if config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1, used to check the kernels' logic)
     def prefetch(array, i, j, k):
         """No-op: a hint only."""
@@ -116,3 +131,7 @@ if config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1, used to check the k
     def float_from_bits(bits):
         """The float64 with bit pattern ``bits``."""
         return float(np.array(bits, dtype=np.int64).view(np.float64))
+
+    def bits_from_float(value):
+        """The bit pattern of the float64 ``value``."""
+        return int(np.array(value, dtype=np.float64).view(np.int64))

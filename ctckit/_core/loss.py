@@ -42,6 +42,11 @@ result exact:
 An item that fails a check is recomputed by the plain log-space kernel,
 :func:`_log_space_item`.
 
+Short items (fewer than ``ONE_SCALE_LABELS`` labels, ``ONE_SCALE_CELLS`` frames times
+labels at most) first go to leaner passes with one scale per row, folded into the next
+frame's emissions (section "one scale per row" below), under the same guards; an item
+that fails one goes to the block-scaled passes.
+
 Reference: A. Graves, S. Fernandez, F. Gomez, J. Schmidhuber. Connectionist Temporal
 Classification: Labelling Unsegmented Sequence Data with Recurrent Neural Networks.
 ICML 2006.
@@ -53,7 +58,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import HOT, INLINE, NJIT, PARALLEL
-from .intrinsics import keep_alive, prefetch, unmanaged
+from .intrinsics import bits_from_float, float_from_bits, keep_alive, prefetch, unmanaged
 from .vexp import vexp_shifted
 
 _NEG_INF = -np.inf
@@ -72,7 +77,10 @@ recomputed in log space. Float64 rounding over T = 10^4 frames stays below 1e-9.
 
 STATUS_OK = 0
 STATUS_RECOMPUTED = 1
-"""Per-item status codes returned by the drivers (for tests and diagnostics)."""
+STATUS_ONE_SCALE = 2
+"""Per-item status codes returned by the drivers (for tests and diagnostics): computed by
+the block-scaled passes, recomputed in log space, or computed by the one-scale passes
+(one scale per row, for short items: see ``ONE_SCALE_LABELS``)."""
 
 GRAD_NONE = 0
 GRAD_DENSE = 1
@@ -649,8 +657,9 @@ def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, sc
 
 
 @njit(**INLINE)
-def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, torch_grad):
-    """Write frame t's class posteriors (eq. 16) for item n.
+def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, factor, torch_grad):
+    """Write frame t's class posteriors (eq. 16) for item n: the blank's is ``blank_post``,
+    label k's is ``label_post[k] * factor``.
 
     ``GRAD_DENSE``: ``grad[t, n, k] = scale * (-sum_{s: l'_s = k} gamma[t, s])`` (plus
     ``scale * y[t, k]`` for torch's convention) into a row of zeros. ``GRAD_COMPACT``:
@@ -659,14 +668,15 @@ def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, 
     if mode == GRAD_COMPACT:
         post[t, slot] = blank_post
         for k in range(length):
-            post[t, slot + 1 + k] = label_post[k]
+            post[t, slot + 1 + k] = label_post[k] * factor
         return
     if torch_grad:
         for c in range(log_probs.shape[2]):
             grad[t, n, c] = scale * np.exp(np.float64(log_probs[t, n, c]))
     grad[t, n, blank] -= scale * blank_post
+    label_scale = scale * factor
     for k in range(length):
-        grad[t, n, labels[k]] -= scale * label_post[k]
+        grad[t, n, labels[k]] -= label_scale * label_post[k]
 
 
 @njit(**HOT)
@@ -708,7 +718,282 @@ def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shi
             factor = _relative(1.0 / z, block_exponent[j], top)
             blank_post += _range_dot(a_row, b_row, k0, kb) * factor
             _label_posteriors(label_post, a_row, b_row, k0, kl, length + 1, factor)
-        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, torch_grad)
+        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, 1.0, torch_grad)
+    return True
+
+
+# ----------------------------------------------------------------- one scale per row
+# Blocks exist for long inputs with long targets, where a row's states that matter lie
+# further below its largest than float64 reaches. For shorter items one scale per row is
+# enough, and the block machinery (band of blocks, carries across block boundaries,
+# log-space blocks, normalising passes) is most of their time. These passes keep each row
+# as computed, without normalising it: row t-1's normalisation, ``2^-e`` with ``e`` the
+# exponent of its sum (read from the bits: exact, no library call), is folded into frame
+# t's emissions, so a frame costs one pass over its states. The same guards hold: a NaN,
+# no surviving state, a row sum below ``_UNDERFLOW``, a failed check of eq. 14 make them
+# give up, and the item goes to the block-scaled passes, which handle it.
+
+ONE_SCALE_LABELS = 256
+ONE_SCALE_CELLS = 1 << 19
+"""Items with fewer than ``ONE_SCALE_LABELS`` labels and at most ``ONE_SCALE_CELLS`` frames
+times labels go to the one-scale passes first. Beyond that the checks start to fail on
+ordinary inputs (measured on log_softmax of normal logits, C = 32: T = 2000, L = 250 and
+T = 4000, L = 100 all pass; T = 3000, L = 200 and T = 8000, L = 50 fail for some items),
+and a failed attempt costs up to one more forward pass."""
+
+
+@njit(**INLINE)
+def _exponent(total):
+    """``e`` with ``total = mantissa * 2^e``, mantissa in [0.5, 1), for a positive normal
+    ``total`` (``math.frexp``'s exponent, read from the bits: no library call)."""
+    return ((bits_from_float(total) >> 52) & 0x7FF) - 1022
+
+
+@njit(**INLINE)
+def _power_of_two(e):
+    """``2.0 ** e``, exactly, for integer ``e`` in [-1022, 1023]."""
+    return float_from_bits(np.int64(e + 1023) << 52)
+
+
+_RISK = 4.0 * _TINY
+"""A state of a one-scale row below this may have lost precision: rows are kept relative to
+the previous row's sum normalised to [0.5, 1) and sum to less than 3 of that (each state
+feeds at most three, emissions are at most 1), so every state below ``_TINY`` of its row's
+sum is below this."""
+
+
+@njit(**INLINE)
+def _one_scale_first_row(row, log_probs, n, blank, labels):
+    """Eq. 7's initial row, relative to ``exp(shift)``. Returns ``(sum, shift)``; the sum is
+    0 when no state is reachable, NaN for a NaN log-prob."""
+    length = labels.shape[0]
+    for s in range(2 * length + 1):
+        row[s] = 0.0
+    log_blank = np.float64(log_probs[0, n, blank])
+    log_label = np.float64(log_probs[0, n, labels[0]]) if length > 0 else _NEG_INF
+    if log_blank != log_blank or log_label != log_label:
+        return np.nan, 0.0
+    top = max(log_blank, log_label)
+    if top == _NEG_INF:
+        return 0.0, 0.0
+    row[0] = np.exp(log_blank - top)
+    if length > 0:
+        row[length + 1] = np.exp(log_label - top)
+    return row[0] + (row[length + 1] if length > 0 else 0.0), top
+
+
+@njit(**INLINE)
+def _one_scale_alpha_row(prev, cur, y_blank, y_label, factor, skip, lo):
+    """Eqs. 6-7 over a whole one-scale row (split layout), the emissions times ``factor``.
+
+    Returns ``(sum of the row, number of states s >= lo at risk)``: a state is at risk when
+    its value is below ``_RISK`` although its predecessors and its emission are positive
+    (states below ``lo`` can no longer reach the end and do not count).
+    """
+    length = y_label.shape[0]
+    off = np.uint64(length + 1)
+    yb = y_blank * factor
+    blank_from = np.uint64(max(0, (lo + 1) // 2))  # blank k is state 2k
+    label_from = np.uint64(max(0, lo // 2))  # label k is state 2k + 1
+    cur[0] = prev[0] * yb
+    total = cur[0]
+    blank_risk = 1 if (cur[0] < _RISK and prev[0] > 0.0 and blank_from == 0) else 0
+    for k in range(_U1, np.uint64(length + 1)):  # blank k from blank k and label k - 1
+        pred = prev[k] + prev[off + k - _U1]
+        v = pred * yb
+        cur[k] = v
+        total += v
+        blank_risk += (v < _RISK) & (pred > 0.0) & (k >= blank_from)
+    risk = blank_risk if y_blank > 0.0 else 0  # an exact zero emission loses nothing
+    if length > 0:
+        pred = prev[off] + prev[0]
+        v = pred * (y_label[0] * factor)
+        cur[off] = v
+        total += v
+        risk += (v < _RISK) & (pred > 0.0) & (y_label[0] > 0.0) & (label_from == 0)
+        for k in range(_U1, np.uint64(length)):  # label k from label k, blank k, label k - 1 (eq. 7)
+            pred = prev[off + k] + prev[k] + skip[k] * prev[off + k - _U1]
+            yk = y_label[k]
+            v = pred * (yk * factor)
+            cur[off + k] = v
+            total += v
+            risk += (v < _RISK) & (pred > 0.0) & (yk > 0.0) & (k >= label_from)
+    return total, risk
+
+
+@njit(**INLINE)
+def _end_of_row(row, length):
+    """alpha[T-1, L'-1] + alpha[T-1, L'-2] of a one-scale row (eq. 8, before the scales)."""
+    return row[length] + (row[2 * length] if length > 0 else 0.0)
+
+
+@njit(**HOT)
+def _one_scale_loss(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label, gathered, kept_row):
+    """The forward recursion of a one-scale item on two rolling rows, for the loss alone.
+
+    Returns ``(ok, log P)``; not ok when the item needs the general passes (a NaN, no
+    surviving state, a row sum below ``_UNDERFLOW``, or a failed check). As in
+    :func:`_alpha_pass_rolling`, the first frame where a state that may reach the end is
+    at risk of lost precision (or emissions may underflow, ``wide``) keeps the previous,
+    exact row in ``kept_row``, and a backward pass down to that frame checks ``log P``.
+    """
+    length = labels.shape[0]
+    width = 2 * length + 1
+    total, shift = _one_scale_first_row(rows[0], log_probs, n, blank, labels)
+    if not total > 0.0:
+        return False, 0.0
+    exponents = 0.0  # sum of the exponents folded into the rows so far
+    check_frame, check_scale = -1, 0.0
+    for t in range(1, frames):
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, t + _PREFETCH_FRAMES)
+        if not m > _NEG_INF:
+            return False, 0.0
+        e = _exponent(total)
+        lo = width - 2 - 2 * (frames - 1 - t) if check_frame < 0 else width  # below lo: cannot reach the end
+        total, risk = _one_scale_alpha_row(rows[(t - 1) % 2], rows[t % 2], y_blank, y_label, _power_of_two(-e), skip, lo)
+        if not total >= _UNDERFLOW:
+            return False, 0.0
+        if (risk > 0 or wide) and check_frame < 0:
+            check_frame, check_scale = t - 1, shift + exponents * _LN2
+            kept_row[:] = rows[(t - 1) % 2]
+        shift += m
+        exponents += e
+    end = _end_of_row(rows[(frames - 1) % 2], length)
+    if not end > 0.0:
+        return False, 0.0
+    log_p = np.log(end) + shift + exponents * _LN2
+    if check_frame < 0:
+        return True, log_p
+    check = _one_scale_backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label, gathered,
+                                               check_frame, kept_row, check_scale)
+    return abs(check - log_p) <= _LOG_P_TOLERANCE, log_p
+
+
+@njit(**HOT)
+def _one_scale_backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label, gathered,
+                                       check_frame, alpha_row, alpha_scale):
+    """:func:`_backward_log_likelihood` for a one-scale item: log P from the backward
+    recursion down to ``check_frame`` and that frame's forward row ``alpha_row *
+    exp(alpha_scale)`` (eq. 14); NaN when a row sum falls below ``_UNDERFLOW``."""
+    length = labels.shape[0]
+    b_row = rows[(frames - 1) % 2]
+    _one_scale_last_beta_row(b_row, length)
+    total = _end_of_row(b_row, length)
+    b_shift = 0.0
+    for t in range(frames - 2, check_frame - 1, -1):
+        m, y_blank, wide = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, t + 1 - _PREFETCH_FRAMES)
+        if not m > _NEG_INF:
+            return np.nan
+        e = _exponent(total)
+        total = _one_scale_beta_row(rows[(t + 1) % 2], rows[t % 2], y_blank, y_label, _power_of_two(-e), skip)
+        if not total >= _UNDERFLOW:
+            return np.nan
+        b_shift += m + e * _LN2
+    product = _range_dot(alpha_row, rows[check_frame % 2], 0, 2 * length + 1)
+    return np.log(product) + alpha_scale + b_shift if product > 0.0 else np.nan
+
+
+@njit(**INLINE)
+def _one_scale_last_beta_row(row, length):
+    """b[T-1] of a one-scale item: one at the two final states."""
+    for s in range(2 * length + 1):
+        row[s] = 0.0
+    row[length] = 1.0
+    if length > 0:
+        row[2 * length] = 1.0
+
+
+@njit(**HOT)
+def _one_scale_alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered):
+    """:func:`_one_scale_loss` keeping every row: ``alpha[t] * exp(shifts[t])`` is row t, and
+    frame t's emissions go to ``emit_*`` for the backward pass. Returns ``(ok, log P)``.
+    (No risk check: the gradient pass checks eq. 14 at every frame.)"""
+    length = labels.shape[0]
+    total, shift = _one_scale_first_row(alpha[0], log_probs, n, blank, labels)
+    if not total > 0.0:
+        return False, 0.0
+    shifts[0] = shift
+    exponents = 0.0
+    no_risk_check = 2 * length + 1
+    for t in range(1, frames):
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row, gathered, t + _PREFETCH_FRAMES)
+        emit_blank[t], emit_shift[t] = y_blank, m
+        if not m > _NEG_INF:
+            return False, 0.0
+        e = _exponent(total)
+        total, _ = _one_scale_alpha_row(alpha[t - 1], alpha[t], y_blank, emit_label[t], _power_of_two(-e), skip, no_risk_check)
+        if not total >= _UNDERFLOW:
+            return False, 0.0
+        shift += m
+        exponents += e
+        shifts[t] = shift + exponents * _LN2
+    end = _end_of_row(alpha[frames - 1], length)
+    if not end > 0.0:
+        return False, 0.0
+    return True, np.log(end) + shifts[frames - 1]
+
+
+@njit(**INLINE)
+def _one_scale_beta_row(next_b, cur, y_blank, y_label, factor, skip):
+    """Eqs. 10-11 over a whole one-scale row: ``b[t]`` from ``b[t+1]`` and frame t+1's
+    emissions times ``factor``. Returns the row's sum."""
+    length = y_label.shape[0]
+    off = np.uint64(length + 1)
+    ul = np.uint64(length)
+    yb = y_blank * factor
+    total = 0.0
+    for k in range(ul):  # blank k: itself and label k
+        v = yb * next_b[k] + (y_label[k] * factor) * next_b[off + k]
+        cur[k] = v
+        total += v
+    cur[ul] = yb * next_b[ul]  # the final blank: itself only
+    total += cur[ul]
+    if length > 0:
+        for k in range(ul - _U1):  # label k: itself, blank k + 1, label k + 1 (eq. 11)
+            v = ((y_label[k] * factor) * next_b[off + k] + yb * next_b[k + _U1]
+                 + skip[k + _U1] * (y_label[k + _U1] * factor) * next_b[off + k + _U1])
+            cur[off + k] = v
+            total += v
+        last = ul - _U1  # the last label: itself and the final blank
+        cur[off + last] = (y_label[last] * factor) * next_b[off + last] + yb * next_b[ul]
+        total += cur[off + last]
+    return total
+
+
+@njit(**HOT)
+def _one_scale_gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, shifts, log_p, emit_blank, emit_label, emit_shift,
+                             mode, grad, post, slot, scale, torch_grad, label_post, rows):
+    """The backward recursion of a one-scale item with the posterior scatter (eqs. 14-16),
+    on two rolling rows. False when the item needs the general passes (a row sum below
+    ``_UNDERFLOW``, or eq. 14 off by more than ``_LOG_P_TOLERANCE`` at some frame)."""
+    length = labels.shape[0]
+    off = np.uint64(length + 1)
+    b_row = rows[(frames - 1) % 2]
+    _one_scale_last_beta_row(b_row, length)
+    total = _end_of_row(b_row, length)
+    b_shift = 0.0  # b[t] = b_row * exp(b_shift)
+    for t in range(frames - 1, -1, -1):
+        b_row = rows[t % 2]
+        if t < frames - 1:
+            e = _exponent(total)
+            total = _one_scale_beta_row(rows[(t + 1) % 2], b_row, emit_blank[t + 1], emit_label[t + 1], _power_of_two(-e), skip)
+            if not total >= _UNDERFLOW:
+                return False
+            b_shift += emit_shift[t + 1] + e * _LN2
+        a_row = alpha[t]
+        blank_mass = 0.0
+        for k in range(np.uint64(length + 1)):
+            blank_mass += a_row[k] * b_row[k]
+        z = blank_mass
+        for k in range(np.uint64(length)):
+            mass = a_row[off + k] * b_row[off + k]
+            label_post[k] = mass
+            z += mass
+        if not z > 0.0 or abs(np.log(z) + shifts[t] + b_shift - log_p) > _LOG_P_TOLERANCE:  # eq. 14
+            return False
+        inverse = 1.0 / z
+        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_mass * inverse, label_post,
+                     inverse, torch_grad)
     return True
 
 
@@ -771,7 +1056,7 @@ def _log_space_item(log_probs, n, frames, blank, labels, length, skip, mode, gra
             blank_post += np.exp(gamma[2 * k] - log_z)
         for k in range(length):
             label_post[k] = np.exp(gamma[2 * k + 1] - log_z)
-        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, torch_grad)
+        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, 1.0, torch_grad)
     return log_p
 
 
@@ -845,6 +1130,7 @@ def _item_passes(log_probs, labels, n, frames, length, blank, mode, torch_grad, 
     work, at = _carve(workspace, at, width)
     exp_row, at = _carve(workspace, at, classes)
     _skip_weights(labels, length, skip)
+    one_scale = length < ONE_SCALE_LABELS and frames * length <= ONE_SCALE_CELLS
     ok = False
     if mode == GRAD_NONE:
         rows, at = _carve(workspace, at, 2 * width)
@@ -852,6 +1138,10 @@ def _item_passes(log_probs, labels, n, frames, length, blank, mode, torch_grad, 
         kept_row, at = _carve(workspace, at, width)
         kept_scales, at = _carve(workspace, at, blocks)
         rows, scales = rows.reshape((2, width)), scales.reshape((2, blocks))
+        if one_scale:
+            ok, log_p = _one_scale_loss(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label, gathered, kept_row)
+            if ok:
+                return -log_p, STATUS_ONE_SCALE
         log_p, check_frame, check_shift = _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row,
                                                               y_label, gathered, kept_row, kept_scales)
         if log_p != log_p:
@@ -874,6 +1164,17 @@ def _item_passes(log_probs, labels, n, frames, length, blank, mode, torch_grad, 
         block_mass, at = _carve(workspace, at, blocks)
         block_exponent, at = _carve(workspace, at, blocks)
         alpha, scales, emit_label = alpha.reshape((frames, width)), scales.reshape((frames, blocks)), emit_label.reshape((frames, length))
+        beta_rows, beta_scales = beta_rows.reshape((2, width)), beta_scales.reshape((2, blocks))
+        if one_scale:
+            ok, log_p = _one_scale_alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, shifts, emit_blank, emit_label,
+                                              emit_shift, exp_row, gathered)
+            if ok and _one_scale_gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, shifts, log_p, emit_blank,
+                                               emit_label, emit_shift, mode, grad, post, slot, scale, torch_grad, label_post,
+                                               beta_rows):
+                return -log_p, STATUS_ONE_SCALE
+            if ok and mode == GRAD_DENSE:  # frames written before the check failed
+                _fill_item(mode, grad, post, n, slot, frames, length, 0.0)
+            ok = False
         log_p = _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered)
         if log_p != log_p:
             _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
@@ -881,7 +1182,7 @@ def _item_passes(log_probs, labels, n, frames, length, blank, mode, torch_grad, 
         if log_p > _NEG_INF:
             ok = _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, log_p, emit_blank, emit_label, emit_shift,
                                 mode, grad, post, slot, scale, torch_grad, work, label_post,
-                                beta_rows.reshape((2, width)), beta_scales.reshape((2, blocks)), block_mass, block_exponent)
+                                beta_rows, beta_scales, block_mass, block_exponent)
     # A -inf from the rescaled pass (no surviving path) is confirmed in log space too:
     # underflow must never fake an infinite loss.
     if ok:
