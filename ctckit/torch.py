@@ -85,20 +85,20 @@ def _saved_kind(log_probs_shape, num_targets, torch_grad, need_grad):
 @torch.library.custom_op("ctckit::ctc_loss", mutates_args=())
 def _ctc_loss_op(
     log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
-    blank: int, torch_grad: bool, need_grad: bool, kernel: str = "numba",
+    blank: int, torch_grad: bool, need_grad: bool, engine: str = "numba",
 ) -> tuple[Tensor, Tensor]:
     """Per-item losses (float64, (N,)) and what the backward needs: if ``need_grad``, the
     per-item gradients (T, N, C), or the compact posteriors (T, len(targets) + N) when they
-    are smaller; an empty tensor otherwise. ``log_probs``: (T, N, C); ``kernel="numba"``:
+    are smaller; an empty tensor otherwise. ``log_probs``: (T, N, C); ``engine="numba"``:
     float32/float64 on the CPU; ``"triton"``: any float dtype on a CUDA device (or the CPU
     under ``TRITON_INTERPRET=1``)."""
-    return _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, kernel)
+    return _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine)
 
 
-def _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, kernel):
+def _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine):
     _, batch = _batch(log_probs.shape, targets, input_lengths, target_lengths, blank)
     kind = _saved_kind(log_probs.shape, targets.numel(), torch_grad, need_grad)
-    if kernel == "triton":
+    if engine == "triton":
         triton_kernels = _triton_module()
         on_device = triton_kernels.DeviceBatch(batch, log_probs.device)
         nll, saved = triton_kernels.negative_log_likelihood(log_probs.detach(), on_device, blank, kind, torch_grad)
@@ -108,7 +108,7 @@ def _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_g
 
 
 @_ctc_loss_op.register_fake
-def _ctc_loss_fake(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, kernel="numba"):
+def _ctc_loss_fake(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine="numba"):
     shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
     nll = log_probs.new_empty((shapes.batch,), dtype=torch.float64)
     kind = _saved_kind(log_probs.shape, targets.numel(), torch_grad, need_grad)
@@ -122,17 +122,17 @@ def _ctc_loss_fake(log_probs, targets, input_lengths, target_lengths, blank, tor
 @torch.library.custom_op("ctckit::ctc_loss_scatter_grad", mutates_args=())
 def _scatter_grad_op(
     posteriors: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
-    scale: Tensor, blank: int, classes: int, kernel: str = "numba",
+    scale: Tensor, blank: int, classes: int, engine: str = "numba",
 ) -> Tensor:
     """The dense gradient (T, N, C) of ``sum_n scale[n] * loss_n`` from compact posteriors."""
-    return _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, kernel)
+    return _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, engine)
 
 
-def _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, kernel):
+def _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, engine):
     frames = posteriors.shape[0]
     shape = (frames, input_lengths.shape[0], classes)
     _, batch = _batch(shape, targets, input_lengths, target_lengths, blank)
-    if kernel == "triton":
+    if engine == "triton":
         triton_kernels = _triton_module()
         on_device = triton_kernels.DeviceBatch(batch, posteriors.device)
         return triton_kernels.scatter_gradient(posteriors, on_device, blank, scale.detach(), classes)
@@ -141,13 +141,13 @@ def _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, bla
 
 
 @_scatter_grad_op.register_fake
-def _scatter_grad_fake(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, kernel="numba"):
+def _scatter_grad_fake(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, engine="numba"):
     return posteriors.new_empty((posteriors.shape[0], input_lengths.shape[0], classes))
 
 
 def _setup_context(ctx, inputs, output):
-    log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, kernel = inputs
-    ctx.blank, ctx.torch_grad, ctx.need_grad, ctx.kernel = blank, torch_grad, need_grad, kernel
+    log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine = inputs
+    ctx.blank, ctx.torch_grad, ctx.need_grad, ctx.engine = blank, torch_grad, need_grad, engine
     ctx.save_for_backward(output[1], log_probs, targets, input_lengths, target_lengths)
 
 
@@ -170,11 +170,11 @@ def _backward(ctx, grad_nll, _grad_of_saved):
     saved, log_probs, targets, input_lengths, target_lengths = ctx.saved_tensors
     loss, scatter = (_loss_impl, _scatter_impl) if getattr(ctx, "eager", False) else (_ctc_loss_op, _scatter_grad_op)
     if not ctx.need_grad:  # the forward ran without the gradient: compute it now
-        _, saved = loss(log_probs.detach(), targets, input_lengths, target_lengths, ctx.blank, ctx.torch_grad, True, ctx.kernel)
+        _, saved = loss(log_probs.detach(), targets, input_lengths, target_lengths, ctx.blank, ctx.torch_grad, True, ctx.engine)
     if saved.dim() == 3:
         grad = saved * grad_nll.to(saved.dtype)[None, :, None]
     else:
-        grad = scatter(saved, targets, input_lengths, target_lengths, grad_nll, ctx.blank, log_probs.shape[2], ctx.kernel)
+        grad = scatter(saved, targets, input_lengths, target_lengths, grad_nll, ctx.blank, log_probs.shape[2], ctx.engine)
     if torch.is_grad_enabled() and log_probs.requires_grad:
         grad = _NoDoubleBackward.apply(grad, log_probs)
     return grad, None, None, None, None, None, None, None
@@ -189,8 +189,8 @@ class _EagerLoss(torch.autograd.Function):
     call, and its first call imports ``torch._dynamo`` (about 1.5 s)."""
 
     @staticmethod
-    def forward(ctx, log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, kernel):
-        inputs = (log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, kernel)
+    def forward(ctx, log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine):
+        inputs = (log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine)
         nll, saved = _loss_impl(*inputs)
         ctx.mark_non_differentiable(saved)
         _setup_context(ctx, inputs, (nll, saved))
