@@ -361,24 +361,38 @@ def _alpha_row(prev, prev_scales, new, new_scales, t, frames, y_blank, y_label, 
     return alive
 
 
+@njit(**INLINE)
+def _first_row(row, log_probs, n, blank, labels):
+    """Eq. 7's initial row (split layout), unnormalised, relative to ``exp(shift)``.
+    Returns ``(sum, shift)``; the sum is 0 when no state is reachable, NaN for a NaN
+    log-prob."""
+    length = labels.shape[0]
+    for s in range(2 * length + 1):
+        row[s] = 0.0
+    log_blank = np.float64(log_probs[0, n, blank])
+    log_label = np.float64(log_probs[0, n, labels[0]]) if length > 0 else _NEG_INF
+    if log_blank != log_blank or log_label != log_label:
+        return np.nan, 0.0
+    top = max(log_blank, log_label)
+    if top == _NEG_INF:
+        return 0.0, 0.0
+    row[0] = np.exp(log_blank - top)
+    if length > 0:
+        row[length + 1] = np.exp(log_label - top)
+    return row[0] + (row[length + 1] if length > 0 else 0.0), top
+
+
 @njit(**NJIT)
 def _alpha_first_row(row, scales, log_probs, n, blank, labels):
     """Eq. 7's initial row (block 0 only). Returns ``(state, shift)``: state 1, 0 (no
     state) or -1 (NaN); the row's values are relative to ``exp(shift)``."""
-    length = labels.shape[0]
-    row[:] = 0.0
     scales[:] = _NEG_INF
-    log_blank = np.float64(log_probs[0, n, blank])
-    log_label = np.float64(log_probs[0, n, labels[0]]) if length > 0 else _NEG_INF
-    if log_blank != log_blank or log_label != log_label:
+    total, top = _first_row(row, log_probs, n, blank, labels)
+    if total != total:
         return -1, 0.0
-    top = max(log_blank, log_label)
-    if top == _NEG_INF:
+    if total == 0.0:
         return 0, 0.0
-    row[0] = np.exp(log_blank - top)
-    if length > 0:
-        row[length + 1] = np.exp(log_label - top)
-    _finish_block(row, scales, 0, length, 0.0, _block_sum(row, 0, length))
+    _finish_block(row, scales, 0, labels.shape[0], 0.0, total)
     return 1, top
 
 
@@ -764,26 +778,6 @@ sum is below this."""
 
 
 @njit(**INLINE)
-def _one_scale_first_row(row, log_probs, n, blank, labels):
-    """Eq. 7's initial row, relative to ``exp(shift)``. Returns ``(sum, shift)``; the sum is
-    0 when no state is reachable, NaN for a NaN log-prob."""
-    length = labels.shape[0]
-    for s in range(2 * length + 1):
-        row[s] = 0.0
-    log_blank = np.float64(log_probs[0, n, blank])
-    log_label = np.float64(log_probs[0, n, labels[0]]) if length > 0 else _NEG_INF
-    if log_blank != log_blank or log_label != log_label:
-        return np.nan, 0.0
-    top = max(log_blank, log_label)
-    if top == _NEG_INF:
-        return 0.0, 0.0
-    row[0] = np.exp(log_blank - top)
-    if length > 0:
-        row[length + 1] = np.exp(log_label - top)
-    return row[0] + (row[length + 1] if length > 0 else 0.0), top
-
-
-@njit(**INLINE)
 def _one_scale_alpha_row(prev, cur, y_blank, y_label, factor, skip, lo):
     """Eqs. 6-7 over a whole one-scale row (split layout), the emissions times ``factor``.
 
@@ -840,7 +834,7 @@ def _one_scale_loss(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_
     """
     length = labels.shape[0]
     width = 2 * length + 1
-    total, shift = _one_scale_first_row(rows[0], log_probs, n, blank, labels)
+    total, shift = _first_row(rows[0], log_probs, n, blank, labels)
     if not total > 0.0:
         return False, 0.0
     exponents = 0.0  # sum of the exponents folded into the rows so far
@@ -910,7 +904,7 @@ def _one_scale_alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, shif
     frame t's emissions go to ``emit_*`` for the backward pass. Returns ``(ok, log P)``.
     (No risk check: the gradient pass checks eq. 14 at every frame.)"""
     length = labels.shape[0]
-    total, shift = _one_scale_first_row(alpha[0], log_probs, n, blank, labels)
+    total, shift = _first_row(alpha[0], log_probs, n, blank, labels)
     if not total > 0.0:
         return False, 0.0
     shifts[0] = shift
