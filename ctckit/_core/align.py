@@ -76,4 +76,4 @@ def viterbi_batch(log_probs, targets, offsets, input_lengths, target_lengths, bl
         if frames == 0:
             best[n] = 0.0 if labels.shape[0] == 0 else _NEG_INF
             continue
-        best[n] = _viterbi_item(log_probs, n, frames, blank, labels, alignments[n], scores[n])
+        best[n] = _viterbi_item(log_probs, np.int64(n), frames, blank, labels, alignments[n], scores[n])

@@ -232,5 +232,5 @@ def beam_search_batch(log_probs, input_lengths, blank, beam_width, token_min_log
     ``out_lengths`` (N, top_k), ``out_scores`` (N, top_k), ``found`` (N,): the number of
     hypotheses written for each item (fewer than ``top_k`` when fewer prefixes exist)."""
     for n in prange(found.shape[0]):
-        found[n] = _beam_item(log_probs, n, input_lengths[n], blank, beam_width, token_min_log_prob,
+        found[n] = _beam_item(log_probs, np.int64(n), input_lengths[n], blank, beam_width, token_min_log_prob,
                               beam_prune_log_prob, top_k, out_labels[n], out_lengths[n], out_scores[n])

@@ -1202,7 +1202,9 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
     Each item writes only its own slices, so the result does not depend on scheduling.
     """
     for n in prange(nll.shape[0]):
-        nll[n], status[n] = _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, blank,
+        # np.int64(n): the index is signed where Numba first types this loop and unsigned
+        # in the parallel body; one type compiles the per-item code once, not twice.
+        nll[n], status[n] = _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, np.int64(n), blank,
                                        mode, torch_grad, scale[n], grad, post)
 
 
