@@ -129,8 +129,8 @@ if config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1, used to check the k
         """No-op."""
 
     def float_from_bits(bits):
-        """The float64 with bit pattern ``bits``."""
-        return float(np.array(bits, dtype=np.int64).view(np.float64))
+        """The float64 with bit pattern ``bits`` (its low 64 bits, as the compiled shift keeps)."""
+        return float(np.array(int(bits) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64).view(np.float64))
 
     def bits_from_float(value):
         """The bit pattern of the float64 ``value``."""
