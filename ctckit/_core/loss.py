@@ -125,7 +125,8 @@ def _label_posteriors(out, a, b, k0, kl, off, factor):
 @njit(**INLINE)
 def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, ahead):
     """Frame ``t``'s emissions of the blank and of each label, shifted by ``m``; the labels'
-    log-probs of frame ``ahead`` (when in ``[0, T)``) are prefetched for a later call.
+    log-probs of frame ``ahead`` (when in ``[0, T)``) are prefetched for a later call (the
+    whole row when it spans fewer cache lines than there are labels).
 
     Writes ``y_label[k] = exp(log y[t, l_k] - m)``; returns ``(m, exp(log y[t, blank] - m),
     wide)``. ``m`` is the largest needed log-prob, or with fewer classes than labels the
@@ -139,8 +140,8 @@ def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, ahead
     log_blank = np.float64(log_probs[t, n, blank])
     classes = exp_row.shape[0]
     m = log_blank
-    low = log_blank if log_blank > _NEG_INF else np.inf
     if classes < length + 1:
+        low = log_blank if log_blank > _NEG_INF else np.inf
         row = log_probs[t, n]
         for c in range(classes):
             v = np.float64(row[c])
@@ -153,18 +154,31 @@ def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, ahead
             y_label[k] = exp_row[labels[k]]
         return m, exp_row[blank], low < m - 700.0
     if 0 <= ahead < log_probs.shape[0]:
-        prefetch(log_probs, ahead, n, blank)
-        for k in range(length):
-            prefetch(log_probs, ahead, n, labels[k])
+        lines = (classes * log_probs.itemsize + 63) // 64
+        if lines <= length + 1:  # a short row: every cache line of it
+            step = 64 // log_probs.itemsize
+            for c in range(0, classes, step):
+                prefetch(log_probs, ahead, n, c)
+            prefetch(log_probs, ahead, n, classes - 1)
+        else:  # a long row: the needed elements only
+            prefetch(log_probs, ahead, n, blank)
+            for k in range(length):
+                prefetch(log_probs, ahead, n, labels[k])
     for k in range(length):
         v = np.float64(log_probs[t, n, labels[k]])
         gathered[k] = v
         m = v if v > m else m
-        low = v if (v < low and v > _NEG_INF) else low
     if m == _NEG_INF:
         return m, 0.0, False
+    floor = m - 700.0
+    wide = 1 if (log_blank < floor and log_blank > _NEG_INF) else 0
+    for k in range(length):  # a count, not a minimum: it vectorises
+        g = gathered[k]
+        wide += (g < floor) & (g > _NEG_INF)
     vexp_shifted(gathered, m, y_label)
-    return m, np.exp(log_blank - m), low < m - 700.0
+    return m, np.exp(log_blank - m), wide > 0
+
+
 @njit(**INLINE)
 def _num_blocks(length):
     return length // BLOCK + 1
