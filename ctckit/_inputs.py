@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._core import KERNEL_DTYPES, validate
 from .errors import CTCInputError
 
 REDUCTIONS = ("none", "mean", "sum")
-KERNEL_DTYPES = (np.float32, np.float64)
-"""The float types the Numba kernels compute in."""
 
 
 @dataclass(frozen=True)
@@ -144,50 +143,36 @@ def check_values(shapes: Shapes, targets: np.ndarray, input_lengths, target_leng
         raise TypeError(f"targets must have an integer dtype (int32 or int64), got {targets.dtype}")
     input_lengths = np.ascontiguousarray(input_lengths.reshape(-1), dtype=np.int64)
     target_lengths = np.ascontiguousarray(target_lengths.reshape(-1), dtype=np.int64)
-
-    _check_range("input_lengths", input_lengths, shapes.frames, "the number of frames T")
-    if shapes.padded:
-        _check_range("target_lengths", target_lengths, shapes.max_target, "the padded target length S")
-        flat = np.ascontiguousarray(targets.reshape(-1), dtype=np.int64)
-        offsets = np.arange(shapes.batch, dtype=np.int64) * shapes.max_target
-    else:
-        _check_range("target_lengths", target_lengths, None, None)
-        total = int(target_lengths.sum())
-        if total != shapes.max_target:
-            raise CTCInputError(
-                f"concatenated targets must have sum(target_lengths) = {total} elements, got {shapes.max_target}"
-            )
-        flat = np.ascontiguousarray(targets, dtype=np.int64)
-        offsets = np.zeros(shapes.batch, dtype=np.int64)
-        np.cumsum(target_lengths[:-1], out=offsets[1:])
-
-    # Used positions only: padding may hold anything.
-    position = np.arange(int(target_lengths.max(initial=0)))
-    used = position[None, :] < target_lengths[:, None]
-    if used.size:
-        index = np.where(used, offsets[:, None] + position[None, :], 0)
-        values = flat[index]
-        bad = used & ((values < 0) | (values >= shapes.classes) | (values == blank))
-        if bad.any():
-            n, k = (int(i[0]) for i in np.nonzero(bad))
-            where = f"targets[{n}, {k}]" if shapes.padded and shapes.batched else f"targets[{offsets[n] + k}]"
-            item = f" (batch index {n})" if shapes.batched else ""
-            value = int(values[n, k])
-            why = f"equals blank ({blank}); targets cannot be blank" if value == blank else f"is outside [0, C) = [0, {shapes.classes})"
-            raise CTCInputError(f"{where}{item} = {value} {why}")
+    flat = np.ascontiguousarray(targets.reshape(-1), dtype=np.int64)
+    offsets = np.empty(shapes.batch, dtype=np.int64)
+    width = shapes.max_target if shapes.padded else -1
+    problem, n, k = validate.first_invalid(flat, input_lengths, target_lengths, shapes.frames, shapes.classes, blank, width,
+                                           offsets)
+    if problem != validate.VALID:  # padding may hold anything: only used positions were read
+        raise _problem(problem, n, k, shapes, flat, offsets, input_lengths, target_lengths, blank)
     return Batch(flat, offsets, input_lengths, target_lengths)
 
 
-def _check_range(name: str, lengths: np.ndarray, upper, upper_name):
-    negative = np.nonzero(lengths < 0)[0]
-    if negative.size:
-        n = int(negative[0])
-        raise CTCInputError(f"{name}[{n}] = {int(lengths[n])} is negative (batch index {n})")
-    if upper is not None:
-        over = np.nonzero(lengths > upper)[0]
-        if over.size:
-            n = int(over[0])
-            raise CTCInputError(f"{name}[{n}] = {int(lengths[n])} exceeds {upper_name} = {upper} (batch index {n})")
+def _problem(problem: int, n: int, k: int, shapes: Shapes, flat, offsets, input_lengths, target_lengths, blank) -> CTCInputError:
+    """The error for what :func:`.validate.first_invalid` found at item ``n`` (position ``k``)."""
+    if problem == validate.INPUT_LENGTH_NEGATIVE:
+        return CTCInputError(f"input_lengths[{n}] = {int(input_lengths[n])} is negative (batch index {n})")
+    if problem == validate.INPUT_LENGTH_TOO_LONG:
+        return CTCInputError(f"input_lengths[{n}] = {int(input_lengths[n])} exceeds the number of frames T = {shapes.frames} "
+                             f"(batch index {n})")
+    if problem == validate.TARGET_LENGTH_NEGATIVE:
+        return CTCInputError(f"target_lengths[{n}] = {int(target_lengths[n])} is negative (batch index {n})")
+    if problem == validate.TARGET_LENGTH_TOO_LONG:
+        return CTCInputError(f"target_lengths[{n}] = {int(target_lengths[n])} exceeds the padded target length "
+                             f"S = {shapes.max_target} (batch index {n})")
+    if problem == validate.TARGET_TOTAL_MISMATCH:
+        total = sum(int(length) for length in target_lengths)
+        return CTCInputError(f"concatenated targets must have sum(target_lengths) = {total} elements, got {shapes.max_target}")
+    value = int(flat[offsets[n] + k])
+    where = f"targets[{n}, {k}]" if shapes.padded and shapes.batched else f"targets[{int(offsets[n]) + k}]"
+    item = f" (batch index {n})" if shapes.batched else ""
+    why = f"equals blank ({blank}); targets cannot be blank" if value == blank else f"is outside [0, C) = [0, {shapes.classes})"
+    return CTCInputError(f"{where}{item} = {value} {why}")
 
 
 GRADIENTS = ("exact", "torch")

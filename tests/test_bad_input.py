@@ -79,6 +79,16 @@ def test_padding_beyond_target_length_is_not_checked():
     assert torch.isfinite(call("torch", targets=targets, reduction="sum"))
 
 
+@FRONTENDS
+def test_concatenated_lengths_whose_int64_sum_wraps_around_are_caught(frontend):
+    """(2^63 - 1) + (2^63 - 1) + 9 is 7 modulo 2^64, the number of targets: a check that
+    summed in int64 would accept these lengths and read far outside ``targets``."""
+    huge = 2**63 - 1
+    targets = torch.tensor([1, 2, 3, 4, 1, 1, 2])
+    with pytest.raises(CTCInputError, match=rf"sum\(target_lengths\) = {2 * huge + 9} elements, got 7"):
+        call(frontend, targets=targets, il=torch.tensor([6, 6, 6]), tl=torch.tensor([huge, huge, 9]))
+
+
 def test_unbatched_lengths_must_be_single():
     with pytest.raises(CTCInputError, match=r"input_lengths must be a single length for unbatched log_probs"):
         ct.ctc_loss(LP[:, 0], TARGETS[0], [6, 6], 4)

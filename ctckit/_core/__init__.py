@@ -6,10 +6,17 @@ validated, kernel-ready arguments.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .._inputs import KERNEL_DTYPES, Batch
 from .loss import GRAD_COMPACT, GRAD_DENSE, GRAD_NONE, ctc_loss_batch, scatter_posteriors
+
+if TYPE_CHECKING:
+    from .._inputs import Batch
+
+KERNEL_DTYPES = (np.float32, np.float64)
+"""The float types the kernels compute in."""
 
 _MODES = {"none": GRAD_NONE, "dense": GRAD_DENSE, "compact": GRAD_COMPACT}
 
