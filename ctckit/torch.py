@@ -276,7 +276,10 @@ def ctc_loss(
                                  "(pass CPU tensors, or backend='auto' or 'torch')")
     if backend in _KERNELS:
         need_grad = torch.is_grad_enabled() and compute.requires_grad
-        op = _EagerLoss.apply if _plain_eager(compute, targets, input_lengths, target_lengths) else _ctc_loss_op
+        if not _plain_eager(compute, targets, input_lengths, target_lengths):
+            op = _ctc_loss_op
+        else:  # no autograd node at all when nothing needs a gradient
+            op = _EagerLoss.apply if need_grad else _loss_impl
         nll, _ = op(compute, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, backend)
     else:
         nll = _loss_with_torch_ops(compute, targets, input_lengths, target_lengths, blank, torch_grad)
