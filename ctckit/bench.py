@@ -264,28 +264,36 @@ def run_scaling(repeats, log=print):
 _COLD = r"""
 import time
 start = time.perf_counter()
-import torch, ctckit.torch
+import torch
+imported_torch = time.perf_counter()
+import ctckit.torch
+imported = time.perf_counter()
 lp = torch.randn(50, 4, 20).log_softmax(2).requires_grad_()
 ctckit.torch.ctc_loss(lp, torch.randint(1, 20, (4, 10)), [50] * 4, [10] * 4).backward()
-print(time.perf_counter() - start)
+done = time.perf_counter()
+print(done - start, imported_torch - start, imported - imported_torch, done - imported)
 """
 
 
 def run_cold_start(log=print):
-    """First call in a fresh process (including imports), with an empty and a warm Numba cache."""
+    """First call in a fresh process (including imports), with an empty and a warm Numba
+    cache, and its parts: importing torch, importing ctckit.torch, the call itself."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
-        times = []
+        runs = []
         for _ in range(3):
             result = subprocess.run([sys.executable, "-c", _COLD], capture_output=True, text=True, env=env)
             if result.returncode != 0:
                 log(f"first call in a fresh process: failed ({result.stderr.strip().splitlines()[-1:]})")
                 return dict(error=result.stderr[-2000:])
-            times.append(float(result.stdout))
-    out = dict(cold_compile_s=times[0], warm_cache_s=min(times[1:]))
-    log(f"first call in a fresh process incl. imports: empty cache {times[0]:.1f} s, warm cache {out['warm_cache_s']:.2f} s")
+            runs.append([float(x) for x in result.stdout.split()])
+    warm = min(runs[1:])
+    out = dict(cold_compile_s=runs[0][0], warm_cache_s=warm[0], warm_torch_import_s=warm[1],
+               warm_ctckit_import_s=warm[2], warm_first_call_s=warm[3])
+    log(f"first call in a fresh process incl. imports: empty cache {runs[0][0]:.1f} s, warm cache {warm[0]:.2f} s "
+        f"(import torch {warm[1]:.2f} s, import ctckit.torch {warm[2]:.2f} s, first fwd+bwd {warm[3]:.2f} s)")
     return out
 
 
