@@ -207,6 +207,17 @@ def test_vectorised_exp_matches_libm():
     assert out[-3] == 0.0 and np.isnan(out[-2]) and out[-1] == 1.0  # -inf, NaN, positive clamped to 0
 
 
+def _lagging_path_input(labels, half, lag_cost):
+    """Log-probs (2 half, 1, labels + 2) and targets 1..labels: both halves' frames favour
+    the labels in order, two frames each; the blank costs ``lag_cost`` nats a frame in the
+    first half and 100 in the second."""
+    lp = np.full((2 * half, 1, labels + 2), -1000.0)
+    for t in range(half):
+        lp[t, 0, 1 + t // 2] = lp[half + t, 0, 1 + t // 2] = 0.0
+        lp[t, 0, 0], lp[half + t, 0, 0] = -lag_cost, -100.0
+    return lp, np.arange(1, labels + 1)
+
+
 @pytest.mark.parametrize("want_grad", [False, True])
 def test_a_lagging_path_lost_to_underflow_is_caught_and_recomputed(want_grad):
     """Frames 0-19 favour emitting the labels at once (lagging behind costs 40 nats a frame:
@@ -216,11 +227,7 @@ def test_a_lagging_path_lost_to_underflow_is_caught_and_recomputed(want_grad):
     from ctckit._core import loss
 
     labels, half = 10, 20
-    lp = np.full((2 * half, 1, labels + 2), -1000.0)
-    for t in range(half):
-        lp[t, 0, 1 + t // 2] = lp[half + t, 0, 1 + t // 2] = 0.0
-        lp[t, 0, 0], lp[half + t, 0, 0] = -40.0, -100.0
-    targets = np.arange(1, labels + 1)
+    lp, targets = _lagging_path_input(labels, half, lag_cost=40.0)
     mode = loss.GRAD_COMPACT if want_grad else loss.GRAD_NONE
     nll, status = np.empty(1), np.empty(1, np.int8)
     post = np.zeros((2 * half, labels + 1) if want_grad else (1, 1))
@@ -275,11 +282,7 @@ def test_a_path_lost_by_one_scale_per_row_is_kept_by_the_blocks(mode):
     from ctckit._core import loss
 
     labels, half = 100, 200
-    lp = np.full((2 * half, 1, labels + 2), -1000.0)
-    for t in range(half):
-        lp[t, 0, 1 + t // 2] = lp[half + t, 0, 1 + t // 2] = 0.0
-        lp[t, 0, 0], lp[half + t, 0, 0] = -5.0, -100.0
-    targets = np.arange(1, labels + 1)
+    lp, targets = _lagging_path_input(labels, half, lag_cost=5.0)
     code = {"none": loss.GRAD_NONE, "dense": loss.GRAD_DENSE, "compact": loss.GRAD_COMPACT}[mode]
     nll, status, out = _run_core(lp, targets, 2 * half, labels, code)
     assert status == loss.STATUS_OK
