@@ -141,22 +141,34 @@ from conftest import log_softmax
 
 rng = np.random.default_rng(11)
 frames = 80
-# peaky inputs (the block-scaled and log-space passes), ordinary ones with an empty and a
-# short target (the one-scale passes)
-for scale, lengths in ((30.0, [40, 40]), (1.0, [0, 7])):
+nan = lambda shape: np.full(shape, np.nan)
+# peaky inputs (the block-scaled and log-space passes); ordinary ones with an empty and a
+# short target (the one-scale passes), one item shorter than the batch; an infeasible item
+# (40 labels in 30 frames: the early return). Outputs start as NaN as well: each item
+# zeroes its own part on every frame, the scatter zeroes each row.
+for scale, lengths, input_lengths in ((30.0, [40, 40], [80, 80]), (1.0, [0, 7], [80, 50]), (1.0, [3, 40], [80, 30])):
     lp = log_softmax(scale * rng.standard_normal((frames, 2, 5)))
     targets = rng.integers(1, 5, (2, max(lengths)))
     labels = [list(row[:n]) for row, n in zip(targets, lengths)]
-    expected = ref.batch_nll(lp, labels, [frames, frames])
+    feasible = [len(labels[n]) <= input_lengths[n] for n in range(2)]
+    expected = np.array([ref.batch_nll(lp, labels, input_lengths)[n] if feasible[n] else np.inf for n in range(2)])
+    expected_grad = ref.batch_grad(lp, [labels[n] if feasible[n] else [] for n in range(2)], input_lengths)
+    expected_grad[:, [not f for f in feasible]] = 0.0
+    offsets, item_frames, item_lengths = np.array([0, targets.shape[1]]), np.array(input_lengths), np.array(lengths)
     for mode in (loss.GRAD_NONE, loss.GRAD_DENSE, loss.GRAD_COMPACT):
-        nll, status = np.zeros(2), np.zeros(2, np.int8)
-        grad = np.zeros(lp.shape if mode == loss.GRAD_DENSE else (1, 1, 1))
-        post = np.zeros((frames, 2 * targets.shape[1] + 2) if mode == loss.GRAD_COMPACT else (1, 1))
-        loss.ctc_loss_batch(lp, targets.reshape(-1), np.array([0, targets.shape[1]]), np.array([frames, frames]),
-                            np.array(lengths), 0, mode, False, np.ones(2), nll, grad, post, status)
+        nll, status = nan(2), np.zeros(2, np.int8)
+        grad = nan(lp.shape if mode == loss.GRAD_DENSE else (1, 1, 1))
+        post = nan((frames, 2 * targets.shape[1] + 2) if mode == loss.GRAD_COMPACT else (1, 1))
+        loss.ctc_loss_batch(lp, targets.reshape(-1), offsets, item_frames, item_lengths, 0, mode, False, np.ones(2), nll,
+                            grad, post, status)
         np.testing.assert_allclose(nll, expected, rtol=1e-10)
         if mode == loss.GRAD_DENSE:
-            np.testing.assert_allclose(grad, ref.batch_grad(lp, labels, [frames, frames]), atol=1e-9)
+            np.testing.assert_allclose(grad, expected_grad, atol=1e-9)
+        if mode == loss.GRAD_COMPACT:
+            assert not np.isnan(post).any()  # the padding's columns too
+            scattered = nan(lp.shape)
+            loss.scatter_posteriors(post, targets.reshape(-1), offsets, item_frames, item_lengths, 0, np.ones(2), scattered)
+            np.testing.assert_allclose(scattered, expected_grad, atol=1e-9)
 print("ok")
 """
 

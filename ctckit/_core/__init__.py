@@ -47,9 +47,10 @@ def negative_log_likelihood(log_probs: np.ndarray, batch: Batch, blank: int, *, 
     nll = np.empty(size, dtype=np.float64)
     status = np.empty(size, dtype=np.int8)
     scale = np.ones(size) if scale is None else np.ascontiguousarray(scale, dtype=np.float64)
-    dense = np.zeros(log_probs.shape if mode == GRAD_DENSE else (1, 1, 1), dtype=log_probs.dtype)
+    # Uninitialised: the kernel zeroes each item's part in parallel (see ctc_loss_batch).
+    dense = np.empty(log_probs.shape if mode == GRAD_DENSE else (1, 1, 1), dtype=log_probs.dtype)
     post_shape = compact_shape(frames, batch.targets.shape[0], size) if mode == GRAD_COMPACT else (1, 1)
-    post = np.zeros(post_shape, dtype=log_probs.dtype)
+    post = np.empty(post_shape, dtype=log_probs.dtype)
     ctc_loss_batch(log_probs, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths,
                    blank, mode, torch_grad, scale, nll, dense, post, status)
     out = {GRAD_NONE: None, GRAD_DENSE: dense, GRAD_COMPACT: post}[mode]
@@ -59,7 +60,7 @@ def negative_log_likelihood(log_probs: np.ndarray, batch: Batch, blank: int, *, 
 def scatter_gradient(post: np.ndarray, batch: Batch, blank: int, scale: np.ndarray, classes: int) -> np.ndarray:
     """The dense gradient of ``sum_n scale[n] * nll[n]`` from compact posteriors."""
     frames = post.shape[0]
-    grad = np.zeros((frames, scale.shape[0], classes), dtype=post.dtype)
+    grad = np.empty((frames, scale.shape[0], classes), dtype=post.dtype)  # zeroed row by row by the kernel
     scatter_posteriors(post, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths,
                        blank, np.ascontiguousarray(scale, dtype=np.float64), grad)
     return grad

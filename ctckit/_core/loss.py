@@ -1081,6 +1081,23 @@ def _fill_item(mode, grad, post, n, slot, frames, length, value):
                 grad[t, n, c] = value
 
 
+@njit(**NJIT)
+def _clear_item(mode, grad, post, offsets, n):
+    """Zero item n's part of the output, which arrives uninitialised: its rows
+    ``grad[:, n, :]``, or all its columns of ``post`` (with padded targets these run past
+    its labels, up to the next item's first slot)."""
+    if mode == GRAD_COMPACT:
+        start = offsets[n] + n
+        end = offsets[n + 1] + n + 1 if n + 1 < offsets.shape[0] else post.shape[1]
+        for t in range(post.shape[0]):
+            for j in range(start, end):
+                post[t, j] = 0.0
+    else:
+        for t in range(grad.shape[0]):
+            for c in range(grad.shape[2]):
+                grad[t, n, c] = 0.0
+
+
 @njit(**INLINE)
 def _carve(workspace, start, size):
     """``(workspace[start:start + size], start + size)``."""
@@ -1112,6 +1129,8 @@ def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, bl
     frames = input_lengths[n]
     length = target_lengths[n]
     labels = targets[offsets[n]:offsets[n] + length]
+    if mode != GRAD_NONE:
+        _clear_item(mode, grad, post, offsets, n)
     if min_frames_needed(labels, length) > frames:
         return np.inf, STATUS_OK
     if frames == 0:
@@ -1211,8 +1230,10 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
     Inputs must be validated: ``log_probs`` (T, N, C) float, ``targets`` 1-D int64 with
     item ``n``'s labels at ``offsets[n] : offsets[n] + target_lengths[n]``, lengths int64.
     ``mode``: ``GRAD_NONE``; ``GRAD_DENSE``, the gradient times ``scale[n]`` into ``grad``
-    (T, N, C) zeros; ``GRAD_COMPACT``, posteriors into ``post`` (T, len(targets) + N) zeros,
-    item n's slots starting at ``offsets[n] + n`` (see :func:`scatter_posteriors`).
+    (T, N, C); ``GRAD_COMPACT``, posteriors into ``post`` (T, len(targets) + N), item n's
+    slots starting at ``offsets[n] + n`` (see :func:`scatter_posteriors`). The output may
+    arrive uninitialised: each item first zeroes its own part (all T frames), in parallel
+    and while those rows are about to be written, instead of a serial memset beforehand.
     Each item writes only its own slices, so the result does not depend on scheduling.
     """
     for n in prange(nll.shape[0]):
@@ -1226,14 +1247,21 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
 def scatter_posteriors(post, targets, offsets, input_lengths, target_lengths, blank, scale, grad):
     """Dense gradient from compact posteriors: ``grad[t, n, k] = -scale[n] * posterior``.
 
-    ``grad`` is (T, N, C) zeros; the layout of ``post`` is :func:`ctc_loss_batch`'s.
+    ``grad`` is (T, N, C), any contents: each row is zeroed right before its posteriors
+    are scattered into it (one pass over memory, split over the threads). The layout of
+    ``post`` is :func:`ctc_loss_batch`'s.
     """
+    all_frames, classes = grad.shape[0], grad.shape[2]
     for n in prange(grad.shape[1]):
         length = target_lengths[n]
         labels = targets[offsets[n]:offsets[n] + length]
         slot = offsets[n] + n
         factor = scale[n]
-        for t in range(input_lengths[n]):
-            grad[t, n, blank] = -factor * post[t, slot]
-            for k in range(length):
-                grad[t, n, labels[k]] -= factor * post[t, slot + 1 + k]
+        frames = input_lengths[n]
+        for t in range(all_frames):
+            for c in range(classes):
+                grad[t, n, c] = 0.0
+            if t < frames:
+                grad[t, n, blank] = -factor * post[t, slot]
+                for k in range(length):
+                    grad[t, n, labels[k]] -= factor * post[t, slot + 1 + k]
