@@ -55,6 +55,6 @@ def test_bench_rejects_unknown_shapes_and_providers(capsys):
 def test_every_batch_kernel_caches_to_disk():
     from ctckit._core import align, beam, loss
 
-    kernels = [loss.ctc_loss_batch, loss.scatter_posteriors, align.viterbi_batch, beam.beam_search_batch]
+    kernels = [loss.loss_batch, loss.gradient_batch, loss.scatter_posteriors, align.viterbi_batch, beam.beam_search_batch]
     for kernel in kernels:
         assert type(kernel._cache).__name__ != "NullCache", kernel.py_func.__name__

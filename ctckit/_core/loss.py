@@ -40,7 +40,7 @@ result exact:
    ``log P`` at every frame.
 
 An item that fails a check is recomputed by the plain log-space kernel,
-:func:`_log_space_item`.
+:func:`_log_space_alpha` (the loss) and :func:`_log_space_item` (with the gradient).
 
 Short items (fewer than ``ONE_SCALE_LABELS`` labels, ``ONE_SCALE_CELLS`` frames times
 labels at most) first go to leaner passes with one scale per row, folded into the next
@@ -1018,12 +1018,10 @@ def _logaddexp(a, b):
 
 
 @njit(**NJIT)
-def _log_space_item(log_probs, n, frames, blank, labels, length, skip, mode, grad, post, slot, scale, torch_grad, label_post):
-    """The plain log-space forward-backward (eqs. 6-16 with log-sum-exp), float64.
-
-    Slower, never loses a path to underflow: used for items the rescaled pass rejects.
-    Returns ``log P``.
-    """
+def _log_space_alpha(log_probs, n, frames, blank, labels, length, skip):
+    """The plain log-space forward pass (eqs. 6-8 with log-sum-exp), float64: ``(log_alpha,
+    log P)``. Slower, never loses a path to underflow: used for items the rescaled passes
+    reject."""
     width = 2 * length + 1
     log_alpha = np.full((frames, width), _NEG_INF)
     log_alpha[0, 0] = np.float64(log_probs[0, n, blank])
@@ -1038,7 +1036,16 @@ def _log_space_item(log_probs, n, frames, blank, labels, length, skip, mode, gra
     log_p = log_alpha[frames - 1, width - 1]
     if length > 0:
         log_p = _logaddexp(log_p, log_alpha[frames - 1, width - 2])
-    if mode == GRAD_NONE or not (log_p > _NEG_INF and log_p < np.inf):
+    return log_alpha, log_p
+
+
+@njit(**NJIT)
+def _log_space_item(log_probs, n, frames, blank, labels, length, skip, mode, grad, post, slot, scale, torch_grad, label_post):
+    """The plain log-space forward-backward (eqs. 6-16 with log-sum-exp), float64: writes
+    the gradient or posteriors per ``mode`` and returns ``log P``."""
+    width = 2 * length + 1
+    log_alpha, log_p = _log_space_alpha(log_probs, n, frames, blank, labels, length, skip)
+    if not (log_p > _NEG_INF and log_p < np.inf):
         return log_p
     next_b = np.full(width, _NEG_INF)
     cur_b = np.full(width, _NEG_INF)
@@ -1106,7 +1113,7 @@ def _carve(workspace, start, size):
 
 @njit(**NJIT)
 def _workspace_size(frames, length, classes, mode):
-    """float64 elements :func:`_loss_item` carves its work arrays from (see there)."""
+    """float64 elements :func:`_item_loss` and :func:`_item_gradient` carve their work arrays from."""
     width, blocks = 2 * length + 1, _num_blocks(length)
     common = 4 * length + width + classes
     if mode == GRAD_NONE:
@@ -1114,42 +1121,60 @@ def _workspace_size(frames, length, classes, mode):
     return common + frames * (width + blocks + 3 + length) + 2 * width + 4 * blocks
 
 
-@njit(**NJIT)
-def _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, n, blank, mode, torch_grad, scale, grad, post):
-    """Negative log-likelihood of item ``n``, writing its gradient or posteriors per ``mode``.
+@njit(**INLINE)
+def _item_extent(targets, offsets, input_lengths, target_lengths, n):
+    """Item n's ``(frames, length, labels)``, and whether it needs the passes at all:
+    ``(False, nll)`` for an infeasible target (``+inf``) or an empty input (``0``: the empty
+    path, P = 1)."""
+    frames = input_lengths[n]
+    length = target_lengths[n]
+    labels = targets[offsets[n]:offsets[n] + length]
+    if min_frames_needed(labels, length) > frames:
+        return frames, length, labels, False, np.inf
+    if frames == 0:
+        return frames, length, labels, False, 0.0
+    return frames, length, labels, True, 0.0
 
-    Returns ``(nll, status)``. Infeasible items give ``+inf`` and a zero gradient; a NaN
-    among the used log-probs gives a NaN loss and NaN gradient rows.
+
+@njit(**NJIT)
+def _item_loss(log_probs, targets, offsets, input_lengths, target_lengths, n, blank):
+    """Negative log-likelihood of item ``n``: ``(nll, status)``, ``+inf`` for an infeasible
+    target, NaN when a used log-prob is NaN.
 
     Every array the passes touch is an :func:`.unmanaged` view (the inputs, and the work
     arrays carved from one allocation): passed to the inlined per-frame helpers, managed
     arrays cost about 50 atomic reference-count updates per frame, half the time of a
     short item. ``keep_alive`` holds the one allocation until the passes are done.
     """
-    frames = input_lengths[n]
-    length = target_lengths[n]
-    labels = targets[offsets[n]:offsets[n] + length]
-    if mode != GRAD_NONE:
-        _clear_item(mode, grad, post, offsets, n)
-    if min_frames_needed(labels, length) > frames:
-        return np.inf, STATUS_OK
-    if frames == 0:
-        return 0.0, STATUS_OK  # empty input, empty target: the empty path, P = 1
-    classes = log_probs.shape[2]
-    workspace = np.empty(_workspace_size(frames, length, classes, mode))
-    result = _item_passes(unmanaged(log_probs), unmanaged(labels), n, frames, length, blank, mode, torch_grad, scale,
-                          unmanaged(grad), unmanaged(post), offsets[n] + n, unmanaged(workspace))
+    frames, length, labels, feasible, nll = _item_extent(targets, offsets, input_lengths, target_lengths, n)
+    if not feasible:
+        return nll, STATUS_OK
+    workspace = np.empty(_workspace_size(frames, length, log_probs.shape[2], GRAD_NONE))
+    result = _loss_passes(unmanaged(log_probs), unmanaged(labels), n, frames, length, blank, unmanaged(workspace))
     keep_alive(workspace)
     return result
 
 
 @njit(**NJIT)
-def _item_passes(log_probs, labels, n, frames, length, blank, mode, torch_grad, scale, grad, post, slot, workspace):
-    """:func:`_loss_item`'s computation on unmanaged views (``slot``: item n's first
-    column of ``post``)."""
+def _item_gradient(log_probs, targets, offsets, input_lengths, target_lengths, n, blank, mode, torch_grad, scale, grad, post):
+    """:func:`_item_loss`, writing item n's gradient (``mode`` ``GRAD_DENSE``) or posteriors
+    (``GRAD_COMPACT``) too: zero for an infeasible item, NaN rows for a NaN loss."""
+    _clear_item(mode, grad, post, offsets, n)
+    frames, length, labels, feasible, nll = _item_extent(targets, offsets, input_lengths, target_lengths, n)
+    if not feasible:
+        return nll, STATUS_OK
+    workspace = np.empty(_workspace_size(frames, length, log_probs.shape[2], mode))
+    result = _gradient_passes(unmanaged(log_probs), unmanaged(labels), n, frames, length, blank, mode, torch_grad, scale,
+                              unmanaged(grad), unmanaged(post), offsets[n] + n, unmanaged(workspace))
+    keep_alive(workspace)
+    return result
+
+
+@njit(**INLINE)
+def _common_work(workspace, labels, length, classes):
+    """The work arrays both kinds of passes carve first: ``skip`` (filled), ``y_label``,
+    ``label_post``, ``gathered``, ``work``, ``exp_row``, and where the rest starts."""
     width = 2 * length + 1
-    blocks = _num_blocks(length)
-    classes = log_probs.shape[2]
     at = 0
     skip, at = _carve(workspace, at, length)
     y_label, at = _carve(workspace, at, length)
@@ -1158,59 +1183,82 @@ def _item_passes(log_probs, labels, n, frames, length, blank, mode, torch_grad, 
     work, at = _carve(workspace, at, width)
     exp_row, at = _carve(workspace, at, classes)
     _skip_weights(labels, length, skip)
-    one_scale = length < ONE_SCALE_LABELS and frames * length <= ONE_SCALE_CELLS
+    return skip, y_label, label_post, gathered, work, exp_row, at
+
+
+@njit(**NJIT)
+def _loss_passes(log_probs, labels, n, frames, length, blank, workspace):
+    """:func:`_item_loss`'s computation on unmanaged views: the one-scale pass for short
+    items, the block-scaled pass (checked by a backward pass where a state may have lost
+    precision), log space for what they reject."""
+    width = 2 * length + 1
+    blocks = _num_blocks(length)
+    skip, y_label, label_post, gathered, work, exp_row, at = _common_work(workspace, labels, length, log_probs.shape[2])
+    rows, at = _carve(workspace, at, 2 * width)
+    scales, at = _carve(workspace, at, 2 * blocks)
+    kept_row, at = _carve(workspace, at, width)
+    kept_scales, at = _carve(workspace, at, blocks)
+    rows, scales = rows.reshape((2, width)), scales.reshape((2, blocks))
+    if length < ONE_SCALE_LABELS and frames * length <= ONE_SCALE_CELLS:
+        ok, log_p = _one_scale_loss(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label, gathered, kept_row)
+        if ok:
+            return -log_p, STATUS_ONE_SCALE
+    log_p, check_frame, check_shift = _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row,
+                                                          y_label, gathered, kept_row, kept_scales)
+    if log_p != log_p:
+        return np.nan, STATUS_OK
+    if log_p > _NEG_INF:
+        if check_frame < 0:
+            return -log_p, STATUS_OK
+        check = _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered,
+                                         work, check_frame, kept_row, kept_scales, check_shift)
+        if abs(check - log_p) <= _LOG_P_TOLERANCE:
+            return -log_p, STATUS_OK
+    # A -inf from the rescaled pass (no surviving path) is confirmed in log space too:
+    # underflow must never fake an infinite loss.
+    _, log_p = _log_space_alpha(log_probs, n, frames, blank, labels, length, skip)
+    return -log_p, STATUS_RECOMPUTED
+
+
+@njit(**NJIT)
+def _gradient_passes(log_probs, labels, n, frames, length, blank, mode, torch_grad, scale, grad, post, slot, workspace):
+    """:func:`_item_gradient`'s computation on unmanaged views (``slot``: item n's first
+    column of ``post``): the one-scale passes for short items, the block-scaled ones, log
+    space for what they reject."""
+    width = 2 * length + 1
+    blocks = _num_blocks(length)
+    skip, y_label, label_post, gathered, work, exp_row, at = _common_work(workspace, labels, length, log_probs.shape[2])
+    alpha, at = _carve(workspace, at, frames * width)
+    scales, at = _carve(workspace, at, frames * blocks)
+    shifts, at = _carve(workspace, at, frames)
+    emit_blank, at = _carve(workspace, at, frames)
+    emit_shift, at = _carve(workspace, at, frames)
+    emit_label, at = _carve(workspace, at, frames * length)
+    beta_rows, at = _carve(workspace, at, 2 * width)
+    beta_scales, at = _carve(workspace, at, 2 * blocks)
+    block_mass, at = _carve(workspace, at, blocks)
+    block_exponent, at = _carve(workspace, at, blocks)
+    alpha, scales, emit_label = alpha.reshape((frames, width)), scales.reshape((frames, blocks)), emit_label.reshape((frames, length))
+    beta_rows, beta_scales = beta_rows.reshape((2, width)), beta_scales.reshape((2, blocks))
     ok = False
-    if mode == GRAD_NONE:
-        rows, at = _carve(workspace, at, 2 * width)
-        scales, at = _carve(workspace, at, 2 * blocks)
-        kept_row, at = _carve(workspace, at, width)
-        kept_scales, at = _carve(workspace, at, blocks)
-        rows, scales = rows.reshape((2, width)), scales.reshape((2, blocks))
-        if one_scale:
-            ok, log_p = _one_scale_loss(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label, gathered, kept_row)
-            if ok:
-                return -log_p, STATUS_ONE_SCALE
-        log_p, check_frame, check_shift = _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row,
-                                                              y_label, gathered, kept_row, kept_scales)
-        if log_p != log_p:
-            return np.nan, STATUS_OK
-        if log_p > _NEG_INF:
-            if check_frame < 0:
-                return -log_p, STATUS_OK
-            check = _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered,
-                                             work, check_frame, kept_row, kept_scales, check_shift)
-            ok = abs(check - log_p) <= _LOG_P_TOLERANCE
-    else:
-        alpha, at = _carve(workspace, at, frames * width)
-        scales, at = _carve(workspace, at, frames * blocks)
-        shifts, at = _carve(workspace, at, frames)
-        emit_blank, at = _carve(workspace, at, frames)
-        emit_shift, at = _carve(workspace, at, frames)
-        emit_label, at = _carve(workspace, at, frames * length)
-        beta_rows, at = _carve(workspace, at, 2 * width)
-        beta_scales, at = _carve(workspace, at, 2 * blocks)
-        block_mass, at = _carve(workspace, at, blocks)
-        block_exponent, at = _carve(workspace, at, blocks)
-        alpha, scales, emit_label = alpha.reshape((frames, width)), scales.reshape((frames, blocks)), emit_label.reshape((frames, length))
-        beta_rows, beta_scales = beta_rows.reshape((2, width)), beta_scales.reshape((2, blocks))
-        if one_scale:
-            ok, log_p = _one_scale_alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, shifts, emit_blank, emit_label,
-                                              emit_shift, exp_row, gathered)
-            if ok and _one_scale_gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, shifts, log_p, emit_blank,
-                                               emit_label, emit_shift, mode, grad, post, slot, scale, torch_grad, label_post,
-                                               beta_rows):
-                return -log_p, STATUS_ONE_SCALE
-            if ok and mode == GRAD_DENSE:  # frames written before the check failed
-                _fill_item(mode, grad, post, n, slot, frames, length, 0.0)
-            ok = False
-        log_p = _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered)
-        if log_p != log_p:
-            _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
-            return np.nan, STATUS_OK
-        if log_p > _NEG_INF:
-            ok = _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, log_p, emit_blank, emit_label, emit_shift,
-                                mode, grad, post, slot, scale, torch_grad, work, label_post,
-                                beta_rows, beta_scales, block_mass, block_exponent)
+    if length < ONE_SCALE_LABELS and frames * length <= ONE_SCALE_CELLS:
+        ok, log_p = _one_scale_alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, shifts, emit_blank, emit_label,
+                                          emit_shift, exp_row, gathered)
+        if ok and _one_scale_gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, shifts, log_p, emit_blank,
+                                           emit_label, emit_shift, mode, grad, post, slot, scale, torch_grad, label_post,
+                                           beta_rows):
+            return -log_p, STATUS_ONE_SCALE
+        if ok and mode == GRAD_DENSE:  # frames written before the check failed
+            _fill_item(mode, grad, post, n, slot, frames, length, 0.0)
+        ok = False
+    log_p = _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered)
+    if log_p != log_p:
+        _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
+        return np.nan, STATUS_OK
+    if log_p > _NEG_INF:
+        ok = _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, log_p, emit_blank, emit_label, emit_shift,
+                            mode, grad, post, slot, scale, torch_grad, work, label_post,
+                            beta_rows, beta_scales, block_mass, block_exponent)
     # A -inf from the rescaled pass (no surviving path) is confirmed in log space too:
     # underflow must never fake an infinite loss.
     if ok:
@@ -1218,12 +1266,11 @@ def _item_passes(log_probs, labels, n, frames, length, blank, mode, torch_grad, 
     if mode == GRAD_DENSE:
         _fill_item(mode, grad, post, n, slot, frames, length, 0.0)
     log_p = _log_space_item(log_probs, n, frames, blank, labels, length, skip, mode, grad, post, slot, scale, torch_grad, label_post)
-    if not log_p > _NEG_INF and mode != GRAD_NONE:
+    if not log_p > _NEG_INF:
         _fill_item(mode, grad, post, n, slot, frames, length, 0.0)
     return -log_p, STATUS_RECOMPUTED
 
 
-@njit(**PARALLEL)
 def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, blank, mode, torch_grad, scale, nll, grad, post, status):
     """Fill ``nll[n]``, ``status[n]`` and item n's gradient output for every item, in parallel.
 
@@ -1235,12 +1282,35 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
     arrive uninitialised: each item first zeroes its own part (all T frames), in parallel
     and while those rows are about to be written, instead of a serial memset beforehand.
     Each item writes only its own slices, so the result does not depend on scheduling.
+
+    Two compiled drivers: :func:`loss_batch` and :func:`gradient_batch`. Each compiles
+    only the passes it runs, so the first call (a training step, or an evaluation) waits
+    for about half the code.
     """
+    if mode == GRAD_NONE:
+        loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, blank, nll, status)
+    else:
+        gradient_batch(log_probs, targets, offsets, input_lengths, target_lengths, blank, mode, torch_grad, scale, nll, grad,
+                       post, status)
+
+
+# np.int64(n) in the drivers: prange's index is signed where Numba first types the loop
+# and unsigned in the parallel body; one type compiles the per-item code once, not twice.
+
+
+@njit(**PARALLEL)
+def loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, blank, nll, status):
+    """:func:`ctc_loss_batch` without a gradient."""
     for n in prange(nll.shape[0]):
-        # np.int64(n): the index is signed where Numba first types this loop and unsigned
-        # in the parallel body; one type compiles the per-item code once, not twice.
-        nll[n], status[n] = _loss_item(log_probs, targets, offsets, input_lengths, target_lengths, np.int64(n), blank,
-                                       mode, torch_grad, scale[n], grad, post)
+        nll[n], status[n] = _item_loss(log_probs, targets, offsets, input_lengths, target_lengths, np.int64(n), blank)
+
+
+@njit(**PARALLEL)
+def gradient_batch(log_probs, targets, offsets, input_lengths, target_lengths, blank, mode, torch_grad, scale, nll, grad, post, status):
+    """:func:`ctc_loss_batch` with ``mode`` ``GRAD_DENSE`` or ``GRAD_COMPACT``."""
+    for n in prange(nll.shape[0]):
+        nll[n], status[n] = _item_gradient(log_probs, targets, offsets, input_lengths, target_lengths, np.int64(n), blank,
+                                           mode, torch_grad, scale[n], grad, post)
 
 
 @njit(**PARALLEL)
