@@ -138,6 +138,7 @@ sys.path.insert(0, "tests")
 import reference as ref
 from ctckit._core import loss
 from conftest import log_softmax
+one_scale_labels, stored_rows_limit = loss.ONE_SCALE_LABELS, loss.STORED_ROWS_LIMIT
 
 rng = np.random.default_rng(11)
 frames = 80
@@ -145,8 +146,14 @@ nan = lambda shape: np.full(shape, np.nan)
 # peaky inputs (the block-scaled and log-space passes); ordinary ones with an empty and a
 # short target (the one-scale passes), one item shorter than the batch; an infeasible item
 # (40 labels in 30 frames: the early return). Outputs start as NaN as well: each item
-# zeroes its own part on every frame, the scatter zeroes each row.
-for scale, lengths, input_lengths in ((30.0, [40, 40], [80, 80]), (1.0, [0, 7], [80, 50]), (1.0, [3, 40], [80, 30])):
+# zeroes its own part on every frame, the scatter zeroes each row. The last two runs have
+# no one-scale passes and keep the gradient's forward rows in segments of 5 frames (as
+# long items do), recomputed from checkpoints.
+for scale, lengths, input_lengths, segmented in ((30.0, [40, 40], [80, 80], False), (1.0, [0, 7], [80, 50], False),
+                                                 (1.0, [3, 40], [80, 30], False), (30.0, [40, 40], [80, 80], True),
+                                                 (1.0, [17, 40], [77, 80], True)):
+    loss.ONE_SCALE_LABELS, loss.STORED_ROWS_LIMIT = (0, 0) if segmented else (one_scale_labels, stored_rows_limit)
+    assert (loss._segment_frames(80, 40) == 5) == segmented
     lp = log_softmax(scale * rng.standard_normal((frames, 2, 5)))
     targets = rng.integers(1, 5, (2, max(lengths)))
     labels = [list(row[:n]) for row, n in zip(targets, lengths)]
@@ -302,6 +309,68 @@ def test_a_path_lost_by_one_scale_per_row_is_kept_by_the_blocks(mode):
     if mode == "dense":
         np.testing.assert_allclose(out[:, 0], ref.ctc_grad(lp[:, 0], targets.tolist()), rtol=0, atol=1e-9)
 
+
+def _core_batch(lp, targets, input_lengths, target_lengths, mode):
+    """The core driver on a padded batch: (nll, status, dense gradient); compact posteriors
+    are scattered into the dense gradient."""
+    from ctckit._core import loss
+
+    batch, width = targets.shape
+    offsets = np.arange(batch, dtype=np.int64) * width
+    frames, lengths = np.asarray(input_lengths, np.int64), np.asarray(target_lengths, np.int64)
+    nll, status = np.empty(batch), np.empty(batch, np.int8)
+    grad = np.empty(lp.shape if mode == loss.GRAD_DENSE else (1, 1, 1))
+    post = np.empty((lp.shape[0], targets.size + batch) if mode == loss.GRAD_COMPACT else (1, 1))
+    flat = np.ascontiguousarray(targets, np.int64).reshape(-1)
+    loss.ctc_loss_batch(lp, flat, offsets, frames, lengths, 0, mode, False, np.ones(batch), nll, grad, post, status)
+    if mode == loss.GRAD_COMPACT:
+        grad = np.empty(lp.shape)
+        loss.scatter_posteriors(post, flat, offsets, frames, lengths, 0, np.ones(batch), grad)
+    return nll, status, grad
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+@pytest.mark.parametrize("mode", ["dense", "compact"])
+def test_long_items_recompute_their_forward_rows_in_segments_exactly(scale, mode):
+    # Past loss.STORED_ROWS_LIMIT the gradient keeps one forward row per segment of about
+    # sqrt(T) / 2 frames and recomputes each segment's rows during the backward pass. Two
+    # items of different lengths (T = 601 and 450; neither divides into whole segments),
+    # 280-300 labels (5 blocks of states), ordinary and peakier inputs.
+    from ctckit._core import loss
+
+    rng = np.random.default_rng(int(scale))
+    lengths, input_lengths = [300, 280], [601, 450]
+    for frames, length in zip(input_lengths, lengths):
+        span = loss._segment_frames(frames, length)
+        assert span < frames and frames % span != 0
+    lp = log_softmax(scale * rng.standard_normal((601, 2, 40)))
+    targets = rng.integers(1, 40, (2, 300))
+    labels = [list(row[:n]) for row, n in zip(targets, lengths)]
+    code = loss.GRAD_DENSE if mode == "dense" else loss.GRAD_COMPACT
+    nll, status, grad = _core_batch(lp, targets, input_lengths, lengths, code)
+    assert (status == loss.STATUS_OK).all()  # the rescaled passes, not the log-space fallback
+    np.testing.assert_allclose(nll, ref.batch_nll(lp, labels, input_lengths), rtol=1e-12)
+    np.testing.assert_allclose(grad, ref.batch_grad(lp, labels, input_lengths), rtol=0, atol=1e-10)
+
+
+def test_a_lost_path_in_a_segmented_item_is_recomputed_in_log_space():
+    # The lagging path above (10 labels, frames 0-39), then 52960 frames that favour the
+    # blank: long enough for the gradient's segments, with the lost path in the first one.
+    # The last segment's backward pass succeeds; the first segment, recomputed from its
+    # checkpoint, fails eq. 14, and the item goes to log space, with nothing of the failed
+    # attempt left in the gradient.
+    from ctckit._core import loss
+
+    labels, frames = 10, 53000
+    lagging, targets = _lagging_path_input(labels, 20, lag_cost=40.0)
+    lp = np.full((frames, 1, labels + 2), -1000.0)
+    lp[:, 0, 0] = 0.0
+    lp[:40] = lagging
+    assert 40 <= loss._segment_frames(frames, labels) < frames  # several segments; frames 0-39 in the first
+    nll, status, grad = _run_core(lp, targets, frames, labels, loss.GRAD_DENSE)
+    assert status == loss.STATUS_RECOMPUTED
+    assert nll == pytest.approx(ref.ctc_nll(lp[:, 0], targets.tolist()), rel=1e-14)
+    np.testing.assert_allclose(grad[:, 0], ref.ctc_grad(lp[:, 0], targets.tolist()), rtol=0, atol=1e-9)
 
 def test_unmanaged_views_share_the_owner_memory():
     from numba import njit

@@ -42,6 +42,11 @@ result exact:
 An item that fails a check is recomputed by the plain log-space kernel,
 :func:`_log_space_alpha` (the loss) and :func:`_log_space_item` (with the gradient).
 
+The gradient needs every forward row in the backward pass. A long item's rows (past
+``STORED_ROWS_LIMIT``) are kept for one segment of about sqrt(T) / 2 frames at a time: the
+forward pass keeps each segment's first row (a checkpoint), and the backward pass
+recomputes a segment's rows from it just before it needs them, the same rows bit for bit.
+
 Short items (fewer than ``ONE_SCALE_LABELS`` labels, ``ONE_SCALE_CELLS`` frames times
 labels at most) first go to leaner passes with one scale per row, folded into the next
 frame's emissions (section "one scale per row" below), under the same guards; an item
@@ -71,6 +76,8 @@ _UNDERFLOW = 1e-280
 _TINY = 1e-290
 """A state of a normalised block below this may have lost precision to underflow (a flushed
 neighbour contributes at most 1e-308 / _TINY of it)."""
+_SMALLEST_NORMAL = 2.2250738585072014e-308
+"""The smallest normal float64: below it a product of two rows has lost precision."""
 _LOG_P_TOLERANCE = 1e-7
 """Largest |log P_t - log P| (nats) accepted from the rescaled pass; above it the item is
 recomputed in log space. Float64 rounding over T = 10^4 frames stays below 1e-9."""
@@ -451,38 +458,89 @@ def _row_at_risk(prev, row, t, frames, y_blank, y_label, skip):
     return count > 0
 
 
+@njit(**INLINE)
+def _copy_row(source, source_scales, target, target_scales):
+    """A block-scaled row and its exponents (loops: a slice assignment compiles to far more)."""
+    for s in range(np.uint64(source.shape[0])):
+        target[s] = source[s]
+    for j in range(np.uint64(source_scales.shape[0])):
+        target_scales[j] = source_scales[j]
+
+
 @njit(**HOT)
-def _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered):
-    """The forward recursion (eqs. 6-7) keeping every row: ``alpha[t]`` block-normalised,
-    ``scales[t]`` its blocks' power-of-two exponents, ``shifts[t]`` the row's log-shift:
-    alpha = value * 2^scale * exp(shift). Frame t's emissions are kept in ``emit_*`` for
-    the backward pass. Returns ``log P`` (eq. 8): -inf when no path survives, NaN for NaN."""
-    length = labels.shape[0]
-    shift = 0.0
-    for t in range(frames):
-        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row, gathered, t + _PREFETCH_FRAMES)
-        emit_blank[t], emit_shift[t] = y_blank, m
+def _alpha_segment(log_probs, n, t0, t1, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift,
+                   exp_row, gathered, start_row, start_scales, start_shift, keep_next):
+    """The forward recursion (eqs. 6-7) over frames ``[t0, t1)``, keeping every row:
+    ``alpha[t - t0]`` block-normalised, ``scales[t - t0]`` its blocks' power-of-two
+    exponents, ``shifts[t - t0]`` the row's log-shift: alpha = value * 2^scale * exp(shift).
+
+    Row ``t0`` is eq. 7's first row when ``t0 = 0``, else a copy of ``start_*`` (a
+    checkpoint). The emissions of frames ``t0 + 1`` to ``t1`` (when ``t1 < frames``) go to
+    ``emit_*[t - t0]`` for the backward pass; with ``keep_next``, so does row ``t1``, the
+    next segment's first. Returns 1, 0 when no path survives, -1 for a NaN.
+    """
+    if t0 == 0:
+        m, y_blank, wide = _emissions(log_probs, 0, n, blank, labels, emit_label[0], exp_row, gathered, _PREFETCH_FRAMES)
+        emit_blank[0], emit_shift[0] = y_blank, m
         if m != m:
-            return np.nan
+            return -1
         if m == _NEG_INF:
-            return _NEG_INF
-        if t == 0:
-            state, shift = _alpha_first_row(alpha[0], scales[0], log_probs, n, blank, labels)
-        else:
-            state = _alpha_row(alpha[t - 1], scales[t - 1], alpha[t], scales[t], t, frames, y_blank, emit_label[t], m, skip, log_probs, n, blank, labels)
-            shift += m
-        shifts[t] = shift
+            return 0
+        state, shift = _alpha_first_row(alpha[0], scales[0], log_probs, n, blank, labels)
+        if state <= 0:
+            return state
+    else:
+        _copy_row(start_row, start_scales, alpha[0], scales[0])
+        shift = start_shift
+    shifts[0] = shift
+    for t in range(t0 + 1, min(t1 + 1, frames)):
+        i = t - t0
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[i], exp_row, gathered, t + _PREFETCH_FRAMES)
+        emit_blank[i], emit_shift[i] = y_blank, m
+        if m != m:
+            return -1
+        if m == _NEG_INF:
+            return 0
+        if t == t1 and not keep_next:  # the next segment's first frame: its emissions only
+            break
+        state = _alpha_row(alpha[i - 1], scales[i - 1], alpha[i], scales[i], t, frames, y_blank, emit_label[i], m, skip, log_probs,
+                           n, blank, labels)
+        shift += m
+        shifts[i] = shift
+        if state <= 0:
+            return state
+    return 1
+
+
+@njit(**INLINE)
+def _alpha_checkpoints(log_probs, n, frames, span, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift,
+                       exp_row, gathered, kept_rows, kept_scales, kept_shifts):
+    """The forward recursion (eqs. 6-7) in segments of ``span`` frames, for the gradient:
+    segment ``j``'s first row (frame ``j * span``) is kept in ``kept_*[j]``, and the last
+    segment's rows stay in ``alpha`` (see :func:`_alpha_segment`), so that the backward pass
+    recomputes the others from their first row. Returns ``log P`` (eq. 8): -inf when no
+    path survives, NaN for NaN."""
+    length = labels.shape[0]
+    segments = (frames + span - 1) // span
+    for j in range(segments):
+        t0, t1 = j * span, min(frames, (j + 1) * span)
+        state = _alpha_segment(log_probs, n, t0, t1, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label,
+                               emit_shift, exp_row, gathered, kept_rows[j], kept_scales[j], kept_shifts[j], t1 < frames)
         if state < 0:
             return np.nan
         if state == 0:
             return _NEG_INF
-    return _end_log_likelihood(alpha[frames - 1], scales[frames - 1], length, shift)
+        if t1 < frames:
+            _copy_row(alpha[t1 - t0], scales[t1 - t0], kept_rows[j + 1], kept_scales[j + 1])
+            kept_shifts[j + 1] = shifts[t1 - t0]
+    last = frames - 1 - (segments - 1) * span
+    return _end_log_likelihood(alpha[last], scales[last], length, shifts[last])
 
 
 @njit(**HOT)
 def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row, y_label, gathered,
                         kept_row, kept_scales):
-    """:func:`_alpha_pass` on two rolling rows, for the loss alone. Returns
+    """The forward recursion of :func:`_alpha_segment` on two rolling rows, for the loss alone. Returns
     ``(log P, check_frame, check_shift)``: ``check_frame`` is -1 when no state that may
     reach the end ever lost precision (see :func:`_row_at_risk`); otherwise the last frame
     before the first loss, whose exact row is copied to ``kept_row``/``kept_scales``
@@ -708,38 +766,51 @@ def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, 
 
 
 @njit(**HOT)
-def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, log_p, emit_blank, emit_label, emit_shift,
-                   mode, grad, post, slot, scale, torch_grad, work, label_post, rows, b_scales, block_mass, block_exponent):
-    """Backward recursion with the posterior scatter (eqs. 14-16); False when eq. 14 fails
-    at a frame (then the caller recomputes the item in log space). ``rows``, ``b_scales``
-    (two rows each), ``block_mass`` and ``block_exponent`` are work arrays."""
+def _gradient_segment(log_probs, n, t0, t1, frames, blank, labels, skip, alpha, scales, shifts, log_p, emit_blank, emit_label,
+                      emit_shift, b_shift, mode, grad, post, slot, scale, torch_grad, work, label_post, rows, b_scales, block_mass,
+                      block_exponent):
+    """Backward recursion with the posterior scatter (eqs. 14-16) over frames ``t1 - 1``
+    down to ``t0``, from :func:`_alpha_segment`'s rows and emissions of that segment.
+
+    ``rows`` and ``b_scales`` (two rolling rows each, by ``t % 2``) hold ``b[t1]``, and
+    ``b_shift`` its log-shift, from the segment after this one (the last segment starts
+    them). Returns ``(ok, b_shift)`` for the segment before; not ok when eq. 14 fails at a
+    frame (then the caller recomputes the item in log space). ``block_mass`` and
+    ``block_exponent`` are work arrays."""
     length = labels.shape[0]
     blocks = _num_blocks(length)
-    _beta_init(rows[(frames - 1) % 2], b_scales[(frames - 1) % 2], length)
-    b_shift = 0.0
-    for t in range(frames - 1, -1, -1):
+    if t1 == frames:
+        _beta_init(rows[(frames - 1) % 2], b_scales[(frames - 1) % 2], length)
+        b_shift = 0.0
+    for t in range(t1 - 1, t0 - 1, -1):
+        i = t - t0
         b_row, b_sc = rows[t % 2], b_scales[t % 2]
         if t < frames - 1:
             state = _beta_row(rows[(t + 1) % 2], b_scales[(t + 1) % 2], b_row, b_sc, t, frames,
-                              emit_blank[t + 1], emit_label[t + 1], emit_shift[t + 1], skip, log_probs, n, blank, labels, work)
+                              emit_blank[i + 1], emit_label[i + 1], emit_shift[i + 1], skip, log_probs, n, blank, labels, work)
             if state <= 0:
-                return False
-            b_shift += emit_shift[t + 1]
-        a_row, a_sc = alpha[t], scales[t]
-        # eq. 14: sum_s alpha b, block by block, each block 2^(exponents) apart
-        top = _NEG_INF
+                return False, b_shift
+            b_shift += emit_shift[i + 1]
+        a_row, a_sc = alpha[i], scales[i]
+        # eq. 14: sum_s alpha b, block by block, each block 2^(exponents) apart. ``top`` is
+        # the largest block's exponent with its mass's own, so z >= 1/2 and no factor below
+        # overflows. Where even that block's mass is subnormal, alpha and b barely overlap
+        # and the posteriors would have lost precision: the item goes to log space.
+        top, top_mass = _NEG_INF, 0.0
         for j in range(blocks):
             k0, kb, kl = _block(j, length)
-            block_mass[j] = _range_dot(a_row, b_row, k0, kb) + _range_dot(a_row, b_row, length + 1 + k0, length + 1 + kl)
-            block_exponent[j] = a_sc[j] + b_sc[j] if block_mass[j] > 0.0 else _NEG_INF
-            top = max(top, block_exponent[j])
-        if top == _NEG_INF:
-            return False
+            mass = _range_dot(a_row, b_row, k0, kb) + _range_dot(a_row, b_row, length + 1 + k0, length + 1 + kl)
+            block_mass[j] = mass
+            block_exponent[j] = a_sc[j] + b_sc[j] if mass > 0.0 else _NEG_INF
+            if mass > 0.0 and block_exponent[j] + _exponent(mass) > top:
+                top, top_mass = block_exponent[j] + _exponent(mass), mass
+        if not top_mass >= _SMALLEST_NORMAL:
+            return False, b_shift
         z = 0.0
         for j in range(blocks):
             z += _relative(block_mass[j], block_exponent[j], top)
-        if abs(np.log(z) + top * _LN2 + shifts[t] + b_shift - log_p) > _LOG_P_TOLERANCE:
-            return False
+        if abs(np.log(z) + top * _LN2 + shifts[i] + b_shift - log_p) > _LOG_P_TOLERANCE:
+            return False, b_shift
         blank_post = 0.0
         for j in range(blocks):
             k0, kb, kl = _block(j, length)
@@ -747,7 +818,7 @@ def _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shi
             blank_post += _range_dot(a_row, b_row, k0, kb) * factor
             _label_posteriors(label_post, a_row, b_row, k0, kl, length + 1, factor)
         _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, 1.0, torch_grad)
-    return True
+    return True, b_shift
 
 
 # ----------------------------------------------------------------- one scale per row
@@ -998,8 +1069,8 @@ def _one_scale_gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, s
             mass = a_row[off + k] * b_row[off + k]
             label_post[k] = mass
             z += mass
-        if not z > 0.0 or abs(np.log(z) + shifts[t] + b_shift - log_p) > _LOG_P_TOLERANCE:  # eq. 14
-            return False
+        if not z >= _SMALLEST_NORMAL or abs(np.log(z) + shifts[t] + b_shift - log_p) > _LOG_P_TOLERANCE:  # eq. 14
+            return False  # (a subnormal z: alpha and b barely overlap, 1/z may overflow)
         inverse = 1.0 / z
         _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_mass * inverse, label_post,
                      inverse, torch_grad)
@@ -1111,6 +1182,33 @@ def _carve(workspace, start, size):
     return workspace[start:start + size], start + size
 
 
+STORED_ROWS_LIMIT = 1 << 18
+"""float64 elements (2 MiB) up to which the gradient's forward pass keeps every row of an
+item. Past it, the rows are kept for one segment of about sqrt(T) / 2 frames at a time and
+recomputed from one checkpoint row per segment (:func:`_alpha_checkpoints`): computing
+most rows twice costs less than storing them all. At T = 10^4 and L = 2000 every row is
+480 MB per item, a fresh mapping each call, and page faults took over half the time of
+the forward and backward; at T = 2000 and L = 500 (24 MB per item, no page faults) the
+segments, which stay in cache, were still 1.05-1.13x faster. (One-scale items keep all
+their rows: their passes need them, and they are at most about 12 MB.)"""
+
+
+@njit(**INLINE)
+def _one_scale_item(frames, length):
+    """Whether an item goes to the one-scale passes first (see ``ONE_SCALE_LABELS``)."""
+    return length < ONE_SCALE_LABELS and frames * length <= ONE_SCALE_CELLS
+
+
+@njit(**NJIT)
+def _segment_frames(frames, length):
+    """Frames per segment of the gradient's forward rows: all of them for a one-scale item
+    or within ``STORED_ROWS_LIMIT``, else ceil(sqrt(frames) / 2)."""
+    per_frame = 2 * length + 1 + _num_blocks(length) + 3 + length  # a row, its scales, shift, emissions
+    if _one_scale_item(frames, length) or frames * per_frame <= STORED_ROWS_LIMIT:
+        return frames
+    return int(math.ceil(math.sqrt(frames) / 2))
+
+
 @njit(**NJIT)
 def _workspace_size(frames, length, classes, mode):
     """float64 elements :func:`_item_loss` and :func:`_item_gradient` carve their work arrays from."""
@@ -1118,7 +1216,9 @@ def _workspace_size(frames, length, classes, mode):
     common = 4 * length + width + classes
     if mode == GRAD_NONE:
         return common + 3 * width + 3 * blocks
-    return common + frames * (width + blocks + 3 + length) + 2 * width + 4 * blocks
+    span = _segment_frames(frames, length)
+    segments = (frames + span - 1) // span
+    return common + (span + 1) * (width + blocks + 3 + length) + segments * (width + blocks + 1) + 2 * width + 4 * blocks
 
 
 @njit(**INLINE)
@@ -1199,7 +1299,7 @@ def _loss_passes(log_probs, labels, n, frames, length, blank, workspace):
     kept_row, at = _carve(workspace, at, width)
     kept_scales, at = _carve(workspace, at, blocks)
     rows, scales = rows.reshape((2, width)), scales.reshape((2, blocks))
-    if length < ONE_SCALE_LABELS and frames * length <= ONE_SCALE_CELLS:
+    if _one_scale_item(frames, length):
         ok, log_p = _one_scale_loss(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_label, gathered, kept_row)
         if ok:
             return -log_p, STATUS_ONE_SCALE
@@ -1227,21 +1327,28 @@ def _gradient_passes(log_probs, labels, n, frames, length, blank, mode, torch_gr
     space for what they reject."""
     width = 2 * length + 1
     blocks = _num_blocks(length)
+    span = _segment_frames(frames, length)
+    segments = (frames + span - 1) // span
     skip, y_label, label_post, gathered, work, exp_row, at = _common_work(workspace, labels, length, log_probs.shape[2])
-    alpha, at = _carve(workspace, at, frames * width)
-    scales, at = _carve(workspace, at, frames * blocks)
-    shifts, at = _carve(workspace, at, frames)
-    emit_blank, at = _carve(workspace, at, frames)
-    emit_shift, at = _carve(workspace, at, frames)
-    emit_label, at = _carve(workspace, at, frames * length)
+    alpha, at = _carve(workspace, at, (span + 1) * width)  # + 1: the next segment's first row
+    scales, at = _carve(workspace, at, (span + 1) * blocks)
+    shifts, at = _carve(workspace, at, span + 1)
+    emit_blank, at = _carve(workspace, at, span + 1)
+    emit_shift, at = _carve(workspace, at, span + 1)
+    emit_label, at = _carve(workspace, at, (span + 1) * length)
+    kept_rows, at = _carve(workspace, at, segments * width)
+    kept_scales, at = _carve(workspace, at, segments * blocks)
+    kept_shifts, at = _carve(workspace, at, segments)
     beta_rows, at = _carve(workspace, at, 2 * width)
     beta_scales, at = _carve(workspace, at, 2 * blocks)
     block_mass, at = _carve(workspace, at, blocks)
     block_exponent, at = _carve(workspace, at, blocks)
-    alpha, scales, emit_label = alpha.reshape((frames, width)), scales.reshape((frames, blocks)), emit_label.reshape((frames, length))
+    alpha, scales = alpha.reshape((span + 1, width)), scales.reshape((span + 1, blocks))
+    emit_label = emit_label.reshape((span + 1, length))
+    kept_rows, kept_scales = kept_rows.reshape((segments, width)), kept_scales.reshape((segments, blocks))
     beta_rows, beta_scales = beta_rows.reshape((2, width)), beta_scales.reshape((2, blocks))
     ok = False
-    if length < ONE_SCALE_LABELS and frames * length <= ONE_SCALE_CELLS:
+    if _one_scale_item(frames, length):
         ok, log_p = _one_scale_alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, shifts, emit_blank, emit_label,
                                           emit_shift, exp_row, gathered)
         if ok and _one_scale_gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, shifts, log_p, emit_blank,
@@ -1251,14 +1358,25 @@ def _gradient_passes(log_probs, labels, n, frames, length, blank, mode, torch_gr
         if ok and mode == GRAD_DENSE:  # frames written before the check failed
             _fill_item(mode, grad, post, n, slot, frames, length, 0.0)
         ok = False
-    log_p = _alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered)
+    log_p = _alpha_checkpoints(log_probs, n, frames, span, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label,
+                               emit_shift, exp_row, gathered, kept_rows, kept_scales, kept_shifts)
     if log_p != log_p:
         _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
         return np.nan, STATUS_OK
     if log_p > _NEG_INF:
-        ok = _gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, scales, shifts, log_p, emit_blank, emit_label, emit_shift,
-                            mode, grad, post, slot, scale, torch_grad, work, label_post,
-                            beta_rows, beta_scales, block_mass, block_exponent)
+        ok = True
+        b_shift = 0.0
+        for j in range(segments - 1, -1, -1):  # the last segment's rows are still in alpha
+            t0, t1 = j * span, min(frames, (j + 1) * span)
+            if j < segments - 1:  # recompute its rows (keep_next is a run-time False: a literal one
+                # would compile _alpha_segment a second time, for 30 s)
+                _alpha_segment(log_probs, n, t0, t1, frames, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label,
+                               emit_shift, exp_row, gathered, kept_rows[j], kept_scales[j], kept_shifts[j], frames < 0)
+            ok, b_shift = _gradient_segment(log_probs, n, t0, t1, frames, blank, labels, skip, alpha, scales, shifts, log_p,
+                                            emit_blank, emit_label, emit_shift, b_shift, mode, grad, post, slot, scale,
+                                            torch_grad, work, label_post, beta_rows, beta_scales, block_mass, block_exponent)
+            if not ok:
+                break
     # A -inf from the rescaled pass (no surviving path) is confirmed in log space too:
     # underflow must never fake an infinite loss.
     if ok:
