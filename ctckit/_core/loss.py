@@ -476,8 +476,9 @@ def _alpha_segment(log_probs, n, t0, t1, frames, blank, labels, skip, alpha, sca
 
     Row ``t0`` is eq. 7's first row when ``t0 = 0``, else a copy of ``start_*`` (a
     checkpoint). The emissions of frames ``t0 + 1`` to ``t1`` (when ``t1 < frames``) go to
-    ``emit_*[t - t0]`` for the backward pass; with ``keep_next``, so does row ``t1``, the
-    next segment's first. Returns 1, 0 when no path survives, -1 for a NaN.
+    ``emit_*[t - t0]`` for the backward pass; with ``keep_next``, row ``t1`` (the next
+    segment's first) goes to ``alpha[t1 - t0]`` too. Returns 1, 0 when no path survives,
+    -1 for a NaN.
     """
     if t0 == 0:
         m, y_blank, wide = _emissions(log_probs, 0, n, blank, labels, emit_label[0], exp_row, gathered, _PREFETCH_FRAMES)
@@ -1190,7 +1191,8 @@ most rows twice costs less than storing them all. At T = 10^4 and L = 2000 every
 480 MB per item, a fresh mapping each call, and page faults took over half the time of
 the forward and backward; at T = 2000 and L = 500 (24 MB per item, no page faults) the
 segments, which stay in cache, were still 1.05-1.13x faster. (One-scale items keep all
-their rows: their passes need them, and they are at most about 12 MB.)"""
+their rows, which their passes need: about T (3 L + 8) elements, 12 MB at L = 255 with
+T L at ``ONE_SCALE_CELLS``.)"""
 
 
 @njit(**INLINE)
