@@ -393,3 +393,29 @@ def test_unmanaged_views_share_the_owner_memory():
     out = fill(10)
     np.testing.assert_array_equal(out[2:8], [0, 1, 2, 10, 11, 12])
     assert out[0] == 36 and out[1] == 0 and out[8:].sum() == 0
+
+
+def test_a_compiled_function_called_through_its_address():
+    # The batch drivers call each round's per-item kernel through a pointer: arguments and
+    # result must arrive intact, and an exception raised in the callee must reach Python.
+    from numba import njit
+
+    from ctckit._core.intrinsics import call_compiled
+    from ctckit._core.loss import _item_address
+
+    @njit
+    def scaled_sum(values, factor, start):
+        if factor < 0:
+            raise ValueError("negative factor")
+        return values[start:].sum() * factor, np.int64(values.shape[0] - start)
+
+    @njit
+    def caller(address, values, factor, start):
+        return call_compiled((0.0, 0), address, (values, factor, start))
+
+    values = np.arange(5.0)
+    address = _item_address(scaled_sum, (values, 2.0, np.int64(1)))
+    assert caller(address, values, 2.0, np.int64(1)) == (20.0, 4)
+    assert caller(address, values, 0.5, np.int64(3)) == (3.5, 2)
+    with pytest.raises(ValueError, match="negative factor"):
+        caller(address, values, -1.0, np.int64(0))

@@ -52,9 +52,28 @@ def test_bench_rejects_unknown_shapes_and_providers(capsys):
         assert message in capsys.readouterr().err
 
 
+def test_the_loss_compiles_each_round_when_first_needed_and_caches_it(tmp_path):
+    # A batch runs its items through the one-scale passes first, and only what they leave
+    # (long targets, or a rejected item) through the block-scaled passes, each round a
+    # per-item kernel called through a pointer. A first call with short targets must not
+    # compile the second round, and the first round must load from the disk cache next time.
+    code = """
+        import ctckit.numpy
+        from ctckit._core import loss
+        ctckit.numpy.ctc_loss_and_grad([[[0.0, -1.0, -2.0]]] * 6, [[1, 2]], [6], [2])
+        kernels = (loss._item_gradient_one_scale, loss._item_gradient_blocks)
+        print(*(f"{sum(k.stats.cache_hits.values())}/{sum(k.stats.cache_misses.values())}" for k in kernels))
+    """
+    first = _run(code, NUMBA_CACHE_DIR=str(tmp_path))
+    second = _run(code, NUMBA_CACHE_DIR=str(tmp_path))
+    assert first.split() == ["0/1", "0/0"]  # hits/misses: round one compiled, round two not
+    assert second.split() == ["1/0", "0/0"]
+
+
 def test_every_batch_kernel_caches_to_disk():
     from ctckit._core import align, beam, loss
 
-    kernels = [loss.loss_batch, loss.gradient_batch, loss.scatter_posteriors, align.viterbi_batch, beam.beam_search_batch]
+    kernels = [loss.loss_batch, loss.gradient_batch, loss.scatter_posteriors, align.viterbi_batch, beam.beam_search_batch,
+               loss._item_loss_one_scale, loss._item_loss_blocks, loss._item_gradient_one_scale, loss._item_gradient_blocks]
     for kernel in kernels:
         assert type(kernel._cache).__name__ != "NullCache", kernel.py_func.__name__

@@ -117,6 +117,33 @@ def bits_from_float(typingctx, value):
     return types.int64(value), codegen
 
 
+@intrinsic
+def call_compiled(typingctx, result, address, arguments):
+    """``function(*arguments)`` for the Numba-compiled ``function`` whose native entry point
+    is at ``address`` (an integer), returning a value of ``result``'s type.
+
+    A call through a pointer: the caller's compiled code does not include the callee's,
+    which compiles (and caches) on its own. The caller must pass exactly the argument
+    types the callee was compiled for, and ``result`` must have its return type: nothing
+    can check that here. An exception the callee raises propagates to the caller.
+    """
+    if not (isinstance(address, types.Integer) and isinstance(arguments, types.BaseTuple)):
+        return None
+    return_type = types.unliteral(result)
+
+    def codegen(context, builder, sig, args):
+        argument_types = tuple(sig.args[2])
+        values = [builder.extract_value(args[2], i) for i in range(len(argument_types))]
+        function_type = context.call_conv.get_function_type(return_type, argument_types)
+        pointer = builder.inttoptr(args[1], function_type.as_pointer())
+        status, value = context.call_conv.call_function(builder, pointer, return_type, argument_types, values)
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return value
+
+    return return_type(result, address, arguments), codegen
+
+
 if config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1, used to check the kernels' logic)
     def prefetch(array, i, j, k):
         """No-op: a hint only."""
@@ -135,3 +162,7 @@ if config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1, used to check the k
     def bits_from_float(value):
         """The bit pattern of the float64 ``value``."""
         return int(np.array(value, dtype=np.float64).view(np.int64))
+
+    def call_compiled(result, function, arguments):
+        """``function(*arguments)``: here the "address" is the Python function itself."""
+        return function(*arguments)
