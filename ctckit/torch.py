@@ -14,6 +14,7 @@ Backends: the Numba core (:mod:`ctckit._core`) for CPU tensors, Triton kernels
 
 import importlib.util
 import os
+from functools import partial
 
 import numpy as np
 import torch
@@ -95,8 +96,11 @@ def _ctc_loss_op(
     return _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine)
 
 
-def _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine):
-    _, batch = _batch(log_probs.shape, targets, input_lengths, target_lengths, blank)
+def _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine, batch=None):
+    """The operator's computation; ``batch``: the validated index arrays, when the caller
+    (the eager path's backward) already has them."""
+    if batch is None:
+        _, batch = _batch(log_probs.shape, targets, input_lengths, target_lengths, blank)
     kind = _saved_kind(log_probs.shape, targets.numel(), torch_grad, need_grad)
     if engine == "triton":
         triton_kernels = _triton_module()
@@ -128,10 +132,10 @@ def _scatter_grad_op(
     return _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, engine)
 
 
-def _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, engine):
-    frames = posteriors.shape[0]
-    shape = (frames, input_lengths.shape[0], classes)
-    _, batch = _batch(shape, targets, input_lengths, target_lengths, blank)
+def _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, engine, batch=None):
+    if batch is None:
+        shape = (posteriors.shape[0], input_lengths.shape[0], classes)
+        _, batch = _batch(shape, targets, input_lengths, target_lengths, blank)
     if engine == "triton":
         triton_kernels = _triton_module()
         on_device = triton_kernels.DeviceBatch(batch, posteriors.device)
@@ -168,7 +172,10 @@ class _NoDoubleBackward(torch.autograd.Function):
 
 def _backward(ctx, grad_nll, _grad_of_saved):
     saved, log_probs, targets, input_lengths, target_lengths = ctx.saved_tensors
-    loss, scatter = (_loss_impl, _scatter_impl) if getattr(ctx, "eager", False) else (_ctc_loss_op, _scatter_grad_op)
+    if getattr(ctx, "eager", False):  # the forward's validated batch: the saved tensors are unchanged (autograd checks)
+        loss, scatter = partial(_loss_impl, batch=ctx.batch), partial(_scatter_impl, batch=ctx.batch)
+    else:
+        loss, scatter = _ctc_loss_op, _scatter_grad_op
     if not ctx.need_grad:  # the forward ran without the gradient: compute it now
         _, saved = loss(log_probs.detach(), targets, input_lengths, target_lengths, ctx.blank, ctx.torch_grad, True, ctx.engine)
     if saved.dim() == 3:
@@ -191,10 +198,11 @@ class _EagerLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine):
         inputs = (log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine)
-        nll, saved = _loss_impl(*inputs)
+        _, batch = _batch(log_probs.shape, targets, input_lengths, target_lengths, blank)
+        nll, saved = _loss_impl(*inputs, batch=batch)
         ctx.mark_non_differentiable(saved)
         _setup_context(ctx, inputs, (nll, saved))
-        ctx.eager = True
+        ctx.eager, ctx.batch = True, batch
         return nll, saved
 
     @staticmethod

@@ -150,6 +150,22 @@ def test_eager_path_equals_the_operator(classes):
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
+@pytest.mark.parametrize("need_grad", [True, False])
+def test_eager_backward_refuses_index_tensors_changed_after_the_forward(need_grad):
+    # The eager backward reuses the forward's validated indices; autograd must refuse the
+    # backward if a saved index tensor changed in place in between (here to a label out of
+    # range, which a stale check would let through to the kernels).
+    from ctckit.torch import _EagerLoss
+
+    for changed in (1, 3):  # targets, target_lengths
+        x, *indices = _problem(classes=6)
+        lp = x.log_softmax(2).detach().requires_grad_()
+        nll, _ = _EagerLoss.apply(lp, *indices, 0, False, need_grad, "numba")
+        indices[changed - 1][0] += 50
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            nll.sum().backward()
+
+
 def test_first_eager_call_does_not_import_dynamo():
     # the operator's first call imports torch._dynamo (about 1.5 s); plain eager use need not
     import subprocess
