@@ -1222,7 +1222,7 @@ def _segment_frames(frames, length):
 
 @njit(**NJIT)
 def _workspace_size(frames, length, classes, mode):
-    """float64 elements :func:`_item_loss` and :func:`_item_gradient` carve their work arrays from."""
+    """float64 elements the per-item kernels (``_item_*``) carve their work arrays from."""
     width, blocks = 2 * length + 1, _num_blocks(length)
     common = 4 * length + width + classes
     if mode == GRAD_NONE:
