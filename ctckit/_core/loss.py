@@ -1484,23 +1484,21 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
     thread count, so the result does not depend on scheduling.
     """
     items = np.arange(nll.shape[0], dtype=np.int64)
+    inputs = (log_probs, targets, offsets, input_lengths, target_lengths)
     if mode == GRAD_NONE:
-        arguments = (log_probs, targets, offsets, input_lengths, target_lengths, np.int64(0), blank)
-        for function in (_item_loss_one_scale, _item_loss_blocks):
-            pending = loss_batch(_item_address(function, arguments), items, log_probs, targets, offsets, input_lengths,
-                                 target_lengths, blank, nll, status)
-            if pending == 0:
-                return
-            items = np.flatnonzero(status == STATUS_PENDING).astype(np.int64, copy=False)
+        rounds, item_arguments = (_item_loss_one_scale, _item_loss_blocks), (*inputs, np.int64(0), blank)
     else:
-        arguments = (log_probs, targets, offsets, input_lengths, target_lengths, np.int64(0), blank, mode, torch_grad, scale,
-                     grad, post)
-        for function in (_item_gradient_one_scale, _item_gradient_blocks):
-            pending = gradient_batch(_item_address(function, arguments), items, log_probs, targets, offsets, input_lengths,
-                                     target_lengths, blank, mode, torch_grad, scale, nll, grad, post, status)
-            if pending == 0:
-                return
-            items = np.flatnonzero(status == STATUS_PENDING).astype(np.int64, copy=False)
+        rounds = (_item_gradient_one_scale, _item_gradient_blocks)
+        item_arguments = (*inputs, np.int64(0), blank, mode, torch_grad, scale, grad, post)
+    for function in rounds:
+        item = _item_address(function, item_arguments)
+        if mode == GRAD_NONE:
+            pending = loss_batch(item, items, *inputs, blank, nll, status)
+        else:
+            pending = gradient_batch(item, items, *inputs, blank, mode, torch_grad, scale, nll, grad, post, status)
+        if pending == 0:
+            return
+        items = np.flatnonzero(status == STATUS_PENDING).astype(np.int64, copy=False)
     raise AssertionError("the block-scaled passes left an item pending")
 
 
