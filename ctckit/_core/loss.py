@@ -1506,17 +1506,14 @@ _ITEM_RESULT = types.Tuple((types.float64, types.int64))
 _item_addresses = {}
 
 
-def _argument_kind(value):
-    """What decides an argument's Numba type (the fallback of Numba's own fingerprint)."""
-    if isinstance(value, np.ndarray):
-        return value.dtype.char, value.ndim, value.flags.num
-    return type(value)
-
-
-try:  # Numba's dispatchers look their compiled code up by this: 0.1 us an argument
-    from numba._dispatcher import compute_fingerprint as _argument_kind  # noqa: F811
+try:  # what Numba's dispatchers look their compiled code up by: about 0.1 us an argument
+    from numba._dispatcher import compute_fingerprint as _argument_kind
 except ImportError:  # numba.typeof takes about 8 us an argument
-    pass
+    def _argument_kind(value):
+        """What decides an argument's Numba type."""
+        if isinstance(value, np.ndarray):
+            return value.dtype.char, value.ndim, value.flags.num
+        return type(value)
 
 
 def _item_address(function, arguments):
