@@ -468,12 +468,18 @@ def _row_at_risk(prev, row, t, frames, y_blank, y_label, skip):
 
 
 @njit(**INLINE)
-def _copy_row(source, source_scales, target, target_scales):
-    """A block-scaled row and its exponents (loops: a slice assignment compiles to far more)."""
+def _copy(source, target):
+    """``target[:] = source`` as a loop: the slice assignment compiles to far more (a shape
+    check that raises with a formatted message: about 3 s of a first call)."""
     for s in range(np.uint64(source.shape[0])):
         target[s] = source[s]
-    for j in range(np.uint64(source_scales.shape[0])):
-        target_scales[j] = source_scales[j]
+
+
+@njit(**INLINE)
+def _copy_row(source, source_scales, target, target_scales):
+    """A block-scaled row and its exponents."""
+    _copy(source, target)
+    _copy(source_scales, target_scales)
 
 
 @njit(**HOT)
@@ -579,8 +585,7 @@ def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales,
         if t > 0 and check_frame < 0:
             if wide or _row_at_risk(rows[(t - 1) % 2], row, t, frames, y_blank, y_label, skip):
                 check_frame, check_shift = t - 1, previous_shift
-                kept_row[:] = rows[(t - 1) % 2]
-                kept_scales[:] = scales[(t - 1) % 2]
+                _copy_row(rows[(t - 1) % 2], scales[(t - 1) % 2], kept_row, kept_scales)
     return _end_log_likelihood(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length, shift), check_frame, check_shift
 
 
@@ -933,7 +938,7 @@ def _one_scale_loss(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_
     if not total > 0.0:
         return False, 0.0
     exponents = 0.0  # sum of the exponents folded into the rows so far
-    check_frame, check_scale = -1, 0.0
+    check_frame, check_scale = np.int64(-1), 0.0  # not a literal -1: the check pass would compile twice
     for t in range(1, frames):
         m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, t + _PREFETCH_FRAMES)
         if not m > _NEG_INF:
@@ -945,7 +950,7 @@ def _one_scale_loss(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_
             return False, 0.0
         if (risk > 0 or wide) and check_frame < 0:
             check_frame, check_scale = t - 1, shift + exponents * _LN2
-            kept_row[:] = rows[(t - 1) % 2]
+            _copy(rows[(t - 1) % 2], kept_row)
         shift += m
         exponents += e
     end = _end_of_row(rows[(frames - 1) % 2], length)
