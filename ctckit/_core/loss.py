@@ -1466,13 +1466,8 @@ def _block_gradient_passes(log_probs, labels, n, frames, length, blank, mode, to
 
 
 # ------------------------------------------------------------------------------ batches
-# A batch runs in two rounds. The first takes every item through the one-scale passes;
-# the second takes the items the first left pending (long ones, and the rare short one a
-# one-scale pass rejected) through the block-scaled passes and log space. Each round is a
-# parallel driver over items that calls a per-item function through a pointer
-# (:func:`_item_address`), and each round's code compiles (or loads from Numba's cache)
-# when a batch first needs it: a first call with short targets waits for the one-scale
-# passes only.
+# Two rounds per batch, each a parallel driver calling a per-item kernel through its
+# address (see the module docstring and :func:`_item_address`).
 
 
 def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, blank, mode, torch_grad, scale, nll, grad, post, status):
