@@ -46,7 +46,10 @@ def negative_log_likelihood(log_probs: np.ndarray, batch: Batch, blank: int, *, 
     mode = _MODES[grad]
     nll = np.empty(size, dtype=np.float64)
     status = np.empty(size, dtype=np.int8)
-    scale = np.ones(size) if scale is None else np.ascontiguousarray(scale, dtype=np.float64)
+    if scale is None:  # the loss alone reads no scale
+        scale = np.ones(size if mode != GRAD_NONE else 0)
+    else:
+        scale = np.ascontiguousarray(scale, dtype=np.float64)
     # Uninitialised: the kernel zeroes each item's part in parallel (see ctc_loss_batch).
     dense = np.empty(log_probs.shape if mode == GRAD_DENSE else (1, 1, 1), dtype=log_probs.dtype)
     post_shape = compact_shape(frames, batch.targets.shape[0], size) if mode == GRAD_COMPACT else (1, 1)
