@@ -274,14 +274,30 @@ ctckit.torch.ctc_loss(lp, torch.randint(1, 20, (batch, length)), [frames] * batc
 done = time.perf_counter()
 print(done - start, imported_torch - start, imported - imported_torch, done - imported)
 """
+_COLD_NUMPY = r"""
+import sys, time
+frames, batch, length = (int(x) for x in sys.argv[1:4])
+start = time.perf_counter()
+import numpy as np
+imported_numpy = time.perf_counter()
+import ctckit.numpy
+imported = time.perf_counter()
+rng = np.random.default_rng(0)
+logits = rng.standard_normal((frames, batch, 20)).astype(np.float32)
+log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+ctckit.numpy.ctc_loss_and_grad(log_probs, rng.integers(1, 20, (batch, length)), [frames] * batch, [length] * batch)
+done = time.perf_counter()
+print(done - start, imported_numpy - start, imported - imported_numpy, done - imported)
+"""
 _COLD_SHORT = (50, 4, 10)  # T, N, L: short targets, the one-scale passes only
 _COLD_LONG = (600, 2, 300)  # past ONE_SCALE_LABELS: the block-scaled passes as well
 
 
-def _first_call(shape, cache):
-    """Seconds of the first call in a fresh process: (total, import torch, import ctckit.torch, the call)."""
+def _first_call(shape, cache, script=_COLD):
+    """Seconds of the first call in a fresh process: (total, import of the framework (torch,
+    or numpy for ``_COLD_NUMPY``), import of ctckit's frontend, the call)."""
     env = {**os.environ, "NUMBA_CACHE_DIR": cache}
-    result = subprocess.run([sys.executable, "-c", _COLD, *map(str, shape)], capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, "-c", script, *map(str, shape)], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
     return [float(x) for x in result.stdout.split()]
@@ -291,12 +307,14 @@ def run_cold_start(log=print):
     """First call in a fresh process (including imports), with an empty and a warm Numba
     cache, and its parts: importing torch, importing ctckit.torch, the call itself. Short
     targets compile the one-scale passes only; an empty-cache call with long targets (a
-    fresh cache) compiles the block-scaled passes as well."""
+    fresh cache) compiles the block-scaled passes as well. The NumPy frontend's first loss
+    and gradient with the warm cache shows what is left without torch's import."""
     import tempfile
 
     try:
         with tempfile.TemporaryDirectory() as cache:
             runs = [_first_call(_COLD_SHORT, cache) for _ in range(3)]
+            numpy_runs = [_first_call(_COLD_SHORT, cache, _COLD_NUMPY) for _ in range(2)]
         with tempfile.TemporaryDirectory() as cache:
             long_cold = _first_call(_COLD_LONG, cache)
     except RuntimeError as error:
@@ -305,9 +323,13 @@ def run_cold_start(log=print):
     warm = min(runs[1:])
     out = dict(cold_compile_s=runs[0][0], cold_compile_long_s=long_cold[0], warm_cache_s=warm[0],
                warm_torch_import_s=warm[1], warm_ctckit_import_s=warm[2], warm_first_call_s=warm[3])
+    warm_numpy = min(numpy_runs)
+    out.update(warm_numpy_frontend_s=warm_numpy[0], warm_numpy_import_s=warm_numpy[1],
+               warm_ctckit_numpy_import_s=warm_numpy[2], warm_numpy_first_call_s=warm_numpy[3])
     log(f"first call in a fresh process incl. imports: empty cache {runs[0][0]:.1f} s (long targets {long_cold[0]:.1f} s), "
         f"warm cache {warm[0]:.2f} s (import torch {warm[1]:.2f} s, import ctckit.torch {warm[2]:.2f} s, "
-        f"first fwd+bwd {warm[3]:.2f} s)")
+        f"first fwd+bwd {warm[3]:.2f} s); NumPy frontend, warm cache {warm_numpy[0]:.2f} s (import numpy "
+        f"{warm_numpy[1]:.2f} s, import ctckit.numpy {warm_numpy[2]:.2f} s, first loss and gradient {warm_numpy[3]:.2f} s)")
     return out
 
 
