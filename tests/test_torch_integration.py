@@ -150,6 +150,34 @@ def test_eager_path_equals_the_operator(classes):
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
+class _PassThrough(torch.utils._python_dispatch.TorchDispatchMode):
+    """A dispatch mode that changes nothing, but makes ctc_loss take the operator path."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_eager_call_and_operator_path_give_the_same_reduced_loss_and_gradient(reduction, unbatched):
+    # The eager path validates once and takes the mean's weights from the validated
+    # lengths; the operator path computes them with torch operations. Same bits.
+    x, targets, il, tl = _problem(classes=6)
+    if unbatched:
+        x, targets, il, tl = x[:, 1], targets[1], il[1], tl[1]
+    results = []
+    for mode in (None, _PassThrough()):
+        lp = x.log_softmax(-1).detach().requires_grad_()
+        if mode is None:
+            loss = ct.ctc_loss(lp, targets, il, tl, reduction=reduction)
+        else:
+            with mode:
+                loss = ct.ctc_loss(lp, targets, il, tl, reduction=reduction)
+        grad, = torch.autograd.grad(loss.sum(), lp)
+        results.append((loss, grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
 @pytest.mark.parametrize("need_grad", [True, False])
 def test_eager_backward_refuses_index_tensors_changed_after_the_forward(need_grad):
     # The eager backward reuses the forward's validated indices; autograd must refuse the
