@@ -1582,28 +1582,29 @@ def scatter_posteriors(post, targets, offsets, input_lengths, target_lengths, bl
     """Dense gradient from compact posteriors: ``grad[t, n, k] = -scale[n] * posterior``.
 
     ``grad`` is (T, N, C), any contents: each row is zeroed right before its posteriors
-    are scattered into it (one pass over memory, split over the threads). The layout of
-    ``post`` is :func:`ctc_loss_batch`'s. The labels are read once per item as unsigned
-    indices (no negative-index wraparound per element), and the rows through unmanaged
-    views: 1.3-1.4x faster than indexing the arrays directly (ocr-like batch).
+    are scattered into it (one pass over memory). The threads split the frames, so each
+    writes whole (N, C) frames in memory order from one row of ``post`` (frame-major as
+    well), streams the hardware prefetchers follow. Split by items, a thread wrote C values
+    every N * C and read ``post`` at a stride too: 2.5x slower on an ocr-like batch right
+    after its forward, when the cache holds other data. The labels are read as unsigned
+    indices (no negative-index wraparound per element), the arrays through unmanaged views.
     """
-    all_frames, classes = grad.shape[0], grad.shape[2]
-    for n in prange(grad.shape[1]):
-        length = target_lengths[n]
-        label_index = np.empty(length, np.uint64)
-        for k in range(length):
-            label_index[k] = np.uint64(targets[offsets[n] + k])
-        slot = offsets[n] + n
-        factor = scale[n]
-        frames = input_lengths[n]
-        out, posteriors, index = unmanaged(grad), unmanaged(post), unmanaged(label_index)
-        for t in range(all_frames):
+    all_frames, batch, classes = grad.shape
+    label_index = np.empty(targets.shape[0], np.uint64)
+    for i in range(targets.shape[0]):
+        label_index[i] = np.uint64(targets[i])
+    for t in prange(all_frames):
+        out, index = unmanaged(grad), unmanaged(label_index)
+        frame_post = unmanaged(post)[t]
+        for n in range(batch):
             row = out[t, n]
             for c in range(classes):
                 row[c] = 0.0
-            if t < frames:
-                item_post = posteriors[t, slot:]
-                row[blank] = -factor * item_post[0]
-                for k in range(length):
-                    row[index[k]] -= factor * item_post[k + 1]
-        keep_alive(label_index)
+            if t < input_lengths[n]:
+                factor = scale[n]
+                start = np.uint64(offsets[n])
+                slot = start + np.uint64(n)  # the blank's posterior, then the labels'
+                row[blank] = -factor * frame_post[slot]
+                for k in range(np.uint64(target_lengths[n])):
+                    row[index[start + k]] -= factor * frame_post[slot + k + _U1]
+    keep_alive(label_index)
