@@ -38,7 +38,7 @@ _KERNELS = ("numba", "triton")
 
 def _host(tensor: Tensor) -> np.ndarray:
     if tensor.is_cpu and not tensor.requires_grad:
-        return tensor.numpy()  # no copy, and a third of the time of detach().cpu().numpy()
+        return tensor.numpy()  # half the time of detach().cpu().numpy()
     return tensor.detach().cpu().numpy()
 
 
@@ -305,7 +305,7 @@ def ctc_loss(
     if reduction == "none":
         return (nll if shapes.batched else nll[0]).to(out_dtype)
     if reduction == "mean":
-        if batch is not None and nll.is_cpu:  # from the validated lengths: a third of the time of torch operations
+        if batch is not None and nll.is_cpu:  # from the validated lengths: 17 us instead of 29 in torch operations
             weights = torch.from_numpy(reduction_weights(batch.target_lengths, reduction))
         else:
             weights = 1.0 / (target_lengths.to(nll.device).clamp_min(1).to(torch.float64) * shapes.batch)
