@@ -372,6 +372,43 @@ def test_a_lost_path_in_a_segmented_item_is_recomputed_in_log_space():
     assert nll == pytest.approx(ref.ctc_nll(lp[:, 0], targets.tolist()), rel=1e-14)
     np.testing.assert_allclose(grad[:, 0], ref.ctc_grad(lp[:, 0], targets.tolist()), rtol=0, atol=1e-9)
 
+@pytest.mark.parametrize("mode", ["none", "dense", "compact"])
+def test_one_scale_rows_on_the_band_of_complete_paths_match_the_reference(mode):
+    # The one-scale passes compute, at frame t, only the states that lie on some complete
+    # path (reachable from the start, and able to reach the end in the frames left), and
+    # write only those labels' posteriors. Items whose band is tight at both ends: as many
+    # labels as frames (a single path), repeats that need every frame but one, an input
+    # shorter than the batch's, an empty target, and ordinary ones.
+    from ctckit._core import loss
+
+    rng = np.random.default_rng(21)
+    frames, classes = 40, 9
+    items = [
+        (40, [1 + k % 2 for k in range(40)]),
+        (40, [3] * 20),
+        (25, list(rng.integers(1, classes, 20))),
+        (40, []),
+        (17, list(rng.integers(1, classes, 5))),
+        (40, list(rng.integers(1, 4, 30))),
+    ]
+    lp = log_softmax(rng.standard_normal((frames, len(items), classes)))
+    targets = np.zeros((len(items), frames), np.int64)
+    for n, (_, labels) in enumerate(items):
+        targets[n, :len(labels)] = labels
+    input_lengths, target_lengths = [t for t, _ in items], [len(labels) for _, labels in items]
+    code = {"none": loss.GRAD_NONE, "dense": loss.GRAD_DENSE, "compact": loss.GRAD_COMPACT}[mode]
+    nll, status, grad = _core_batch(lp, targets, input_lengths, target_lengths, code)
+    exact = [ref.ctc_nll(lp[:t, n], labels) for n, (t, labels) in enumerate(items)]
+    assert np.isfinite(exact).all()
+    np.testing.assert_allclose(nll, exact, rtol=1e-12)
+    assert (status == loss.STATUS_ONE_SCALE).all()
+    if mode != "none":
+        exact_grad = np.zeros_like(lp)
+        for n, (t, labels) in enumerate(items):
+            exact_grad[:t, n] = ref.ctc_grad(lp[:t, n], labels)
+        np.testing.assert_allclose(grad, exact_grad, rtol=0, atol=1e-12)
+
+
 def test_unmanaged_views_share_the_owner_memory():
     from numba import njit
 

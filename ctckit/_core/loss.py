@@ -139,18 +139,18 @@ def _label_posteriors(out, a, b, k0, kl, off, factor):
 
 
 @njit(**INLINE)
-def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, ahead):
-    """Frame ``t``'s emissions of the blank and of each label, shifted by ``m``; the labels'
-    log-probs of frame ``ahead`` (when in ``[0, T)``) are prefetched for a later call (the
-    whole row when it spans fewer cache lines than there are labels).
+def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, ahead, k0, k1):
+    """Frame ``t``'s emissions of the blank and of labels ``k0 <= k < k1``, shifted by ``m``;
+    the labels' log-probs of frame ``ahead`` (when in ``[0, T)``) are prefetched for a later
+    call (the whole row when it spans fewer cache lines than there are labels).
 
-    Writes ``y_label[k] = exp(log y[t, l_k] - m)``; returns ``(m, exp(log y[t, blank] - m),
-    wide)``. ``m`` is the largest needed log-prob, or with fewer classes than labels the
-    largest of the row, which is then exponentiated once (``exp_row``) and gathered:
-    ``min(C, L + 1)`` exps per frame, vectorised (:mod:`.vexp`). ``wide`` says that finite
-    log-probs lie more than 700 below ``m`` (their emission may underflow to zero). ``m``
-    is ``-inf`` when every needed class is masked, NaN when the blank is NaN (a NaN label
-    gives a NaN emission).
+    Writes ``y_label[k] = exp(log y[t, l_k] - m)`` for those labels (the others are left
+    as they are); returns ``(m, exp(log y[t, blank] - m), wide)``. ``m`` is the largest
+    needed log-prob, or with fewer classes than labels the largest of the row, which is
+    then exponentiated once (``exp_row``) and gathered: ``min(C, L + 1)`` exps per frame,
+    vectorised (:mod:`.vexp`). ``wide`` says that finite log-probs lie more than 700 below
+    ``m`` (their emission may underflow to zero). ``m`` is ``-inf`` when every needed class
+    is masked, NaN when the blank is NaN (a NaN label gives a NaN emission).
     """
     length = y_label.shape[0]
     log_blank = np.float64(log_probs[t, n, blank])
@@ -166,21 +166,22 @@ def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, ahead
         if m == _NEG_INF:
             return m, 0.0, False
         vexp_shifted(row, m, exp_row)
-        for k in range(length):
+        for k in range(k0, k1):
             y_label[k] = exp_row[labels[k]]
         return m, exp_row[blank], low < m - 700.0
     if 0 <= ahead < log_probs.shape[0]:
         lines = (classes * log_probs.itemsize + 63) // 64
-        if lines <= length + 1:  # a short row: every cache line of it
+        if lines <= k1 - k0 + 1:  # a short row: every cache line of it
             step = 64 // log_probs.itemsize
             for c in range(0, classes, step):
                 prefetch(log_probs, ahead, n, c)
             prefetch(log_probs, ahead, n, classes - 1)
-        else:  # a long row: the needed elements only
+        else:  # a long row: the needed elements only (the band moves by one label a frame)
             prefetch(log_probs, ahead, n, blank)
-            for k in range(length):
+            shift = ahead - t
+            for k in range(max(0, k0 + min(shift, 0)), min(length, k1 + max(shift, 0))):
                 prefetch(log_probs, ahead, n, labels[k])
-    for k in range(length):
+    for k in range(k0, k1):
         v = np.float64(log_probs[t, n, labels[k]])
         gathered[k] = v
         m = v if v > m else m
@@ -188,10 +189,10 @@ def _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, ahead
         return m, 0.0, False
     floor = m - 700.0
     wide = 1 if (log_blank < floor and log_blank > _NEG_INF) else 0
-    for k in range(length):  # a count, not a minimum: it vectorises
+    for k in range(k0, k1):  # a count, not a minimum: it vectorises
         g = gathered[k]
         wide += (g < floor) & (g > _NEG_INF)
-    vexp_shifted(gathered, m, y_label)
+    vexp_shifted(gathered[k0:k1], m, y_label[k0:k1])
     return m, np.exp(log_blank - m), wide > 0
 
 
@@ -496,7 +497,8 @@ def _alpha_segment(log_probs, n, t0, t1, frames, blank, labels, skip, alpha, sca
     -1 for a NaN.
     """
     if t0 == 0:
-        m, y_blank, wide = _emissions(log_probs, 0, n, blank, labels, emit_label[0], exp_row, gathered, _PREFETCH_FRAMES)
+        m, y_blank, wide = _emissions(log_probs, 0, n, blank, labels, emit_label[0], exp_row, gathered, _PREFETCH_FRAMES,
+                                     0, labels.shape[0])
         emit_blank[0], emit_shift[0] = y_blank, m
         if m != m:
             return -1
@@ -511,7 +513,8 @@ def _alpha_segment(log_probs, n, t0, t1, frames, blank, labels, skip, alpha, sca
     shifts[0] = shift
     for t in range(t0 + 1, min(t1 + 1, frames)):
         i = t - t0
-        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[i], exp_row, gathered, t + _PREFETCH_FRAMES)
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[i], exp_row, gathered, t + _PREFETCH_FRAMES,
+                                      0, labels.shape[0])
         emit_blank[i], emit_shift[i] = y_blank, m
         if m != m:
             return -1
@@ -566,7 +569,8 @@ def _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales,
     check_shift = 0.0
     shift = 0.0
     for t in range(frames):
-        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, t + _PREFETCH_FRAMES)
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, t + _PREFETCH_FRAMES,
+                                      0, labels.shape[0])
         if m != m:
             return np.nan, check_frame, check_shift
         if m == _NEG_INF:
@@ -744,7 +748,8 @@ def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, sc
     _beta_init(rows[(frames - 1) % 2], scales[(frames - 1) % 2], length)
     shift = 0.0
     for t in range(frames - 2, check_frame - 1, -1):
-        m, y_blank, wide = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, t + 1 - _PREFETCH_FRAMES)
+        m, y_blank, wide = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, t + 1 - _PREFETCH_FRAMES,
+                                      0, labels.shape[0])
         if not m > _NEG_INF:
             return m if m != m else _NEG_INF
         state = _beta_row(rows[(t + 1) % 2], scales[(t + 1) % 2], rows[t % 2], scales[t % 2], t, frames, y_blank, y_label, m, skip, log_probs, n, blank, labels, work)
@@ -758,9 +763,11 @@ def _backward_log_likelihood(log_probs, n, frames, blank, labels, skip, rows, sc
 
 
 @njit(**INLINE)
-def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, factor, torch_grad):
+def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, k0, k1, blank_post, label_post, factor,
+                 torch_grad):
     """Write frame t's class posteriors (eq. 16) for item n: the blank's is ``blank_post``,
-    label k's is ``label_post[k] * factor``.
+    label k's is ``label_post[k] * factor`` for ``k0 <= k < k1`` (the others' are 0, as
+    the output already holds).
 
     ``GRAD_DENSE``: ``grad[t, n, k] = scale * (-sum_{s: l'_s = k} gamma[t, s])`` (plus
     ``scale * y[t, k]`` for torch's convention) into a row of zeros. ``GRAD_COMPACT``:
@@ -768,7 +775,7 @@ def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, 
     """
     if mode == GRAD_COMPACT:
         post[t, slot] = blank_post
-        for k in range(length):
+        for k in range(k0, k1):
             post[t, slot + 1 + k] = label_post[k] * factor
         return
     if torch_grad:
@@ -776,7 +783,7 @@ def _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, 
             grad[t, n, c] = scale * np.exp(np.float64(log_probs[t, n, c]))
     grad[t, n, blank] -= scale * blank_post
     label_scale = scale * factor
-    for k in range(length):
+    for k in range(k0, k1):
         grad[t, n, labels[k]] -= label_scale * label_post[k]
 
 
@@ -832,7 +839,8 @@ def _gradient_segment(log_probs, n, t0, t1, frames, blank, labels, skip, alpha, 
             factor = _relative(1.0 / z, block_exponent[j], top)
             blank_post += _range_dot(a_row, b_row, k0, kb) * factor
             _label_posteriors(label_post, a_row, b_row, k0, kl, length + 1, factor)
-        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, 1.0, torch_grad)
+        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, 0, length, blank_post, label_post, 1.0,
+                     torch_grad)
     return True, b_shift
 
 
@@ -878,41 +886,84 @@ sum is below this."""
 
 
 @njit(**INLINE)
-def _one_scale_alpha_row(prev, cur, y_blank, y_label, factor, skip, lo):
-    """Eqs. 6-7 over a whole one-scale row (split layout), the emissions times ``factor``.
+def _path_band(t, frames, width):
+    """States ``lo <= s <= hi`` of frame t that lie on some complete path: reachable from
+    the start (``s <= 2t + 1``) and able to reach the end by frame ``T - 1`` (``s >= L' -
+    2 (T - t)``). Elsewhere alpha or beta is 0, so those states add nothing to eqs. 8, 14
+    and 16: the one-scale passes compute the band only. It is a fraction ``L' / 2T`` of
+    the cells fewer (30% for T = 100, L' = 61)."""
+    return max(0, width - 2 * (frames - t)), min(width - 1, 2 * t + 1)
 
-    Returns ``(sum of the row, number of states s >= lo at risk)``: a state is at risk when
-    its value is below ``_RISK`` although its predecessors and its emission are positive
-    (states below ``lo`` can no longer reach the end and do not count).
+
+@njit(**INLINE)
+def _band_labels(lo, hi):
+    """Labels ``k0 <= k < k1`` whose states (``2k + 1``) lie in ``[lo, hi]``."""
+    return lo // 2, (hi + 1) // 2
+
+
+@njit(**INLINE)
+def _clear_states(row, s0, s1, width, length):
+    """Zero the states ``s0 <= s < s1`` (clipped to the row) of a split row: around a band,
+    what the next row's recursion reads but the band did not write."""
+    for s in range(max(0, s0), min(width, s1)):
+        row[s // 2 if s % 2 == 0 else length + 1 + s // 2] = 0.0
+
+
+@njit(**INLINE)
+def _band_dot(a, b, lo, hi, length):
+    """``sum_s a[s] b[s]`` over the states ``lo..hi`` of two split rows."""
+    k0, k1 = _band_labels(lo, hi)
+    off = length + 1
+    return _range_dot(a, b, (lo + 1) // 2, hi // 2 + 1) + _range_dot(a, b, off + k0, off + k1)
+
+
+@njit(**INLINE)
+def _one_scale_alpha_row(prev, cur, y_blank, y_label, factor, skip, lo, hi, count_from):
+    """Eqs. 6-7 over the states ``lo..hi`` of a one-scale row (split layout), the emissions
+    times ``factor``; ``prev`` holds row t - 1 on ``lo - 2 .. hi`` (zeros where it is 0).
+
+    Returns ``(sum of those states, number of states s >= count_from at risk)``: a state is
+    at risk when its value is below ``_RISK`` although its predecessors and its emission
+    are positive (``count_from`` past the row counts none).
     """
     length = y_label.shape[0]
     off = np.uint64(length + 1)
     yb = y_blank * factor
-    blank_from = np.uint64(max(0, (lo + 1) // 2))  # blank k is state 2k
-    label_from = np.uint64(max(0, lo // 2))  # label k is state 2k + 1
-    cur[0] = prev[0] * yb
-    total = cur[0]
-    blank_risk = 1 if (cur[0] < _RISK and prev[0] > 0.0 and blank_from == 0) else 0
-    for k in range(_U1, np.uint64(length + 1)):  # blank k from blank k and label k - 1
+    kb0, kb1 = (lo + 1) // 2, hi // 2 + 1  # blank k is state 2k
+    kl0, kl1 = _band_labels(lo, hi)  # label k is state 2k + 1
+    blank_from = np.uint64(max(0, (count_from + 1) // 2))
+    label_from = np.uint64(max(0, count_from // 2))
+    total = 0.0
+    blank_risk = 0
+    start = np.uint64(kb0)
+    if kb0 == 0:
+        v = prev[0] * yb
+        cur[0] = v
+        total = v
+        blank_risk = 1 if (v < _RISK and prev[0] > 0.0 and count_from <= 0) else 0
+        start = _U1
+    for k in range(start, np.uint64(kb1)):  # blank k from blank k and label k - 1
         pred = prev[k] + prev[off + k - _U1]
         v = pred * yb
         cur[k] = v
         total += v
         blank_risk += (v < _RISK) & (pred > 0.0) & (k >= blank_from)
     risk = blank_risk if y_blank > 0.0 else 0  # an exact zero emission loses nothing
-    if length > 0:
+    start = np.uint64(kl0)
+    if kl0 == 0 and kl1 > 0:
         pred = prev[off] + prev[0]
         v = pred * (y_label[0] * factor)
         cur[off] = v
         total += v
-        risk += (v < _RISK) & (pred > 0.0) & (y_label[0] > 0.0) & (label_from == 0)
-        for k in range(_U1, np.uint64(length)):  # label k from label k, blank k, label k - 1 (eq. 7)
-            pred = prev[off + k] + prev[k] + skip[k] * prev[off + k - _U1]
-            yk = y_label[k]
-            v = pred * (yk * factor)
-            cur[off + k] = v
-            total += v
-            risk += (v < _RISK) & (pred > 0.0) & (yk > 0.0) & (k >= label_from)
+        risk += (v < _RISK) & (pred > 0.0) & (y_label[0] > 0.0) & (count_from <= 1)
+        start = _U1
+    for k in range(start, np.uint64(kl1)):  # label k from label k, blank k, label k - 1 (eq. 7)
+        pred = prev[off + k] + prev[k] + skip[k] * prev[off + k - _U1]
+        yk = y_label[k]
+        v = pred * (yk * factor)
+        cur[off + k] = v
+        total += v
+        risk += (v < _RISK) & (pred > 0.0) & (yk > 0.0) & (k >= label_from)
     return total, risk
 
 
@@ -931,6 +982,7 @@ def _one_scale_loss(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_
     :func:`_alpha_pass_rolling`, the first frame where a state that may reach the end is
     at risk of lost precision (or emissions may underflow, ``wide``) keeps the previous,
     exact row in ``kept_row``, and a backward pass down to that frame checks ``log P``.
+    Each row is computed on its :func:`_path_band` only.
     """
     length = labels.shape[0]
     width = 2 * length + 1
@@ -940,12 +992,17 @@ def _one_scale_loss(log_probs, n, frames, blank, labels, skip, rows, exp_row, y_
     exponents = 0.0  # sum of the exponents folded into the rows so far
     check_frame, check_scale = np.int64(-1), 0.0  # not a literal -1: the check pass would compile twice
     for t in range(1, frames):
-        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, t + _PREFETCH_FRAMES)
+        lo, hi = _path_band(t, frames, width)
+        k0, k1 = _band_labels(lo, hi)
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, y_label, exp_row, gathered, t + _PREFETCH_FRAMES, k0, k1)
         if not m > _NEG_INF:
             return False, 0.0
         e = _exponent(total)
-        lo = width - 2 - 2 * (frames - 1 - t) if check_frame < 0 else width  # below lo: cannot reach the end
-        total, risk = _one_scale_alpha_row(rows[(t - 1) % 2], rows[t % 2], y_blank, y_label, _power_of_two(-e), skip, lo)
+        count_from = lo if check_frame < 0 else width
+        row = rows[t % 2]
+        total, risk = _one_scale_alpha_row(rows[(t - 1) % 2], row, y_blank, y_label, _power_of_two(-e), skip, lo, hi,
+                                           count_from)
+        _clear_states(row, hi + 1, hi + 3, width, length)
         if not total >= _UNDERFLOW:
             return False, 0.0
         if (risk > 0 or wide) and check_frame < 0:
@@ -971,20 +1028,28 @@ def _one_scale_backward_log_likelihood(log_probs, n, frames, blank, labels, skip
     recursion down to ``check_frame`` and that frame's forward row ``alpha_row *
     exp(alpha_scale)`` (eq. 14); NaN when a row sum falls below ``_UNDERFLOW``."""
     length = labels.shape[0]
+    width = 2 * length + 1
     b_row = rows[(frames - 1) % 2]
     _one_scale_last_beta_row(b_row, length)
     total = _end_of_row(b_row, length)
     b_shift = 0.0
     for t in range(frames - 2, check_frame - 1, -1):
-        m, y_blank, wide = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, t + 1 - _PREFETCH_FRAMES)
+        lo, hi = _path_band(t, frames, width)
+        next_lo, next_hi = _path_band(t + 1, frames, width)
+        k0, k1 = _band_labels(lo, next_hi)  # frame t + 1's emissions that row t reads
+        m, y_blank, wide = _emissions(log_probs, t + 1, n, blank, labels, y_label, exp_row, gathered, t + 1 - _PREFETCH_FRAMES,
+                                      k0, k1)
         if not m > _NEG_INF:
             return np.nan
         e = _exponent(total)
-        total = _one_scale_beta_row(rows[(t + 1) % 2], rows[t % 2], y_blank, y_label, _power_of_two(-e), skip)
+        row = rows[t % 2]
+        total = _one_scale_beta_row(rows[(t + 1) % 2], row, y_blank, y_label, _power_of_two(-e), skip, lo, hi)
+        _clear_states(row, lo - 2, lo, width, length)
         if not total >= _UNDERFLOW:
             return np.nan
         b_shift += m + e * _LN2
-    product = _range_dot(alpha_row, rows[check_frame % 2], 0, 2 * length + 1)
+    lo, hi = _path_band(check_frame, frames, width)
+    product = _band_dot(alpha_row, rows[check_frame % 2], lo, hi, length)
     return np.log(product) + alpha_scale + b_shift if product > 0.0 else np.nan
 
 
@@ -1000,23 +1065,29 @@ def _one_scale_last_beta_row(row, length):
 
 @njit(**HOT)
 def _one_scale_alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, shifts, emit_blank, emit_label, emit_shift, exp_row, gathered):
-    """:func:`_one_scale_loss` keeping every row: ``alpha[t] * exp(shifts[t])`` is row t, and
-    frame t's emissions go to ``emit_*`` for the backward pass. Returns ``(ok, log P)``.
-    (No risk check: the gradient pass checks eq. 14 at every frame.)"""
+    """:func:`_one_scale_loss` keeping every row: ``alpha[t] * exp(shifts[t])`` is row t (on
+    its :func:`_path_band`, and the two states above it), and frame t's emissions go to
+    ``emit_*`` for the backward pass (those of the labels in the band and the two states
+    below it, which the backward row t - 1 reads). Returns ``(ok, log P)``. (No risk check:
+    the gradient pass checks eq. 14 at every frame.)"""
     length = labels.shape[0]
+    width = 2 * length + 1
     total, shift = _first_row(alpha[0], log_probs, n, blank, labels)
     if not total > 0.0:
         return False, 0.0
     shifts[0] = shift
     exponents = 0.0
-    no_risk_check = 2 * length + 1
     for t in range(1, frames):
-        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row, gathered, t + _PREFETCH_FRAMES)
+        lo, hi = _path_band(t, frames, width)
+        k0, k1 = _band_labels(max(0, lo - 2), hi)
+        m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[t], exp_row, gathered, t + _PREFETCH_FRAMES,
+                                      k0, k1)
         emit_blank[t], emit_shift[t] = y_blank, m
         if not m > _NEG_INF:
             return False, 0.0
         e = _exponent(total)
-        total, _ = _one_scale_alpha_row(alpha[t - 1], alpha[t], y_blank, emit_label[t], _power_of_two(-e), skip, no_risk_check)
+        total, _ = _one_scale_alpha_row(alpha[t - 1], alpha[t], y_blank, emit_label[t], _power_of_two(-e), skip, lo, hi, width)
+        _clear_states(alpha[t], hi + 1, hi + 3, width, length)
         if not total >= _UNDERFLOW:
             return False, 0.0
         shift += m
@@ -1029,27 +1100,32 @@ def _one_scale_alpha_pass(log_probs, n, frames, blank, labels, skip, alpha, shif
 
 
 @njit(**INLINE)
-def _one_scale_beta_row(next_b, cur, y_blank, y_label, factor, skip):
-    """Eqs. 10-11 over a whole one-scale row: ``b[t]`` from ``b[t+1]`` and frame t+1's
-    emissions times ``factor``. Returns the row's sum."""
+def _one_scale_beta_row(next_b, cur, y_blank, y_label, factor, skip, lo, hi):
+    """Eqs. 10-11 over the states ``lo..hi`` of a one-scale row: ``b[t]`` from ``b[t+1]``
+    (on ``lo .. hi + 2``, zeros where it is 0) and frame t+1's emissions times ``factor``.
+    Returns the sum of those states."""
     length = y_label.shape[0]
     off = np.uint64(length + 1)
     ul = np.uint64(length)
     yb = y_blank * factor
+    kb0, kb1 = (lo + 1) // 2, hi // 2 + 1
+    kl0, kl1 = _band_labels(lo, hi)
     total = 0.0
-    for k in range(ul):  # blank k: itself and label k
+    for k in range(np.uint64(kb0), np.uint64(min(kb1, length))):  # blank k: itself and label k
         v = yb * next_b[k] + (y_label[k] * factor) * next_b[off + k]
         cur[k] = v
         total += v
-    cur[ul] = yb * next_b[ul]  # the final blank: itself only
-    total += cur[ul]
-    if length > 0:
-        for k in range(ul - _U1):  # label k: itself, blank k + 1, label k + 1 (eq. 11)
-            v = ((y_label[k] * factor) * next_b[off + k] + yb * next_b[k + _U1]
-                 + skip[k + _U1] * (y_label[k + _U1] * factor) * next_b[off + k + _U1])
-            cur[off + k] = v
-            total += v
-        last = ul - _U1  # the last label: itself and the final blank
+    if kb1 == length + 1:  # the final blank: itself only
+        cur[ul] = yb * next_b[ul]
+        total += cur[ul]
+    inner_end = max(kl0, min(kl1, length - 1))  # (not below kl0: length - 1 is -1 for an empty target)
+    for k in range(np.uint64(kl0), np.uint64(inner_end)):  # label k: itself, blank k + 1, label k + 1 (eq. 11)
+        v = ((y_label[k] * factor) * next_b[off + k] + yb * next_b[k + _U1]
+             + skip[k + _U1] * (y_label[k + _U1] * factor) * next_b[off + k + _U1])
+        cur[off + k] = v
+        total += v
+    if length > 0 and kl1 == length:  # the last label: itself and the final blank
+        last = ul - _U1
         cur[off + last] = (y_label[last] * factor) * next_b[off + last] + yb * next_b[ul]
         total += cur[off + last]
     return total
@@ -1059,35 +1135,42 @@ def _one_scale_beta_row(next_b, cur, y_blank, y_label, factor, skip):
 def _one_scale_gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, shifts, log_p, emit_blank, emit_label, emit_shift,
                              mode, grad, post, slot, scale, torch_grad, label_post, rows):
     """The backward recursion of a one-scale item with the posterior scatter (eqs. 14-16),
-    on two rolling rows. False when the item needs the general passes (a row sum below
-    ``_UNDERFLOW``, or eq. 14 off by more than ``_LOG_P_TOLERANCE`` at some frame)."""
+    on two rolling rows, each on its :func:`_path_band` (item n's output arrives zeroed:
+    only the band's labels are written). False when the item needs the general passes (a
+    row sum below ``_UNDERFLOW``, or eq. 14 off by more than ``_LOG_P_TOLERANCE`` at some
+    frame)."""
     length = labels.shape[0]
+    width = 2 * length + 1
     off = np.uint64(length + 1)
     b_row = rows[(frames - 1) % 2]
     _one_scale_last_beta_row(b_row, length)
     total = _end_of_row(b_row, length)
     b_shift = 0.0  # b[t] = b_row * exp(b_shift)
     for t in range(frames - 1, -1, -1):
+        lo, hi = _path_band(t, frames, width)
         b_row = rows[t % 2]
         if t < frames - 1:
             e = _exponent(total)
-            total = _one_scale_beta_row(rows[(t + 1) % 2], b_row, emit_blank[t + 1], emit_label[t + 1], _power_of_two(-e), skip)
+            total = _one_scale_beta_row(rows[(t + 1) % 2], b_row, emit_blank[t + 1], emit_label[t + 1], _power_of_two(-e), skip,
+                                        lo, hi)
+            _clear_states(b_row, lo - 2, lo, width, length)
             if not total >= _UNDERFLOW:
                 return False
             b_shift += emit_shift[t + 1] + e * _LN2
         a_row = alpha[t]
+        k0, k1 = _band_labels(lo, hi)
         blank_mass = 0.0
-        for k in range(np.uint64(length + 1)):
+        for k in range(np.uint64((lo + 1) // 2), np.uint64(hi // 2 + 1)):
             blank_mass += a_row[k] * b_row[k]
         z = blank_mass
-        for k in range(np.uint64(length)):
+        for k in range(np.uint64(k0), np.uint64(k1)):
             mass = a_row[off + k] * b_row[off + k]
             label_post[k] = mass
             z += mass
         if not z >= _SMALLEST_NORMAL or abs(np.log(z) + shifts[t] + b_shift - log_p) > _LOG_P_TOLERANCE:  # eq. 14
             return False  # (a subnormal z: alpha and b barely overlap, 1/z may overflow)
         inverse = 1.0 / z
-        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_mass * inverse, label_post,
+        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, k0, k1, blank_mass * inverse, label_post,
                      inverse, torch_grad)
     return True
 
@@ -1158,7 +1241,8 @@ def _log_space_item(log_probs, n, frames, blank, labels, length, skip, mode, gra
             blank_post += np.exp(gamma[2 * k] - log_z)
         for k in range(length):
             label_post[k] = np.exp(gamma[2 * k + 1] - log_z)
-        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, length, blank_post, label_post, 1.0, torch_grad)
+        _store_frame(mode, grad, post, slot, scale, log_probs, t, n, blank, labels, 0, length, blank_post, label_post, 1.0,
+                     torch_grad)
     return log_p
 
 
