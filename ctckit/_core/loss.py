@@ -209,12 +209,20 @@ def _block(j, length):
 
 
 @njit(**INLINE)
+def _path_band(t, frames, width):
+    """States ``lo <= s <= hi`` of frame t that lie on some complete path: reachable from
+    the start (``s <= 2t + 1``) and able to reach the end by frame ``T - 1`` (``s >= L' -
+    2 (T - t)``). Elsewhere alpha or beta is 0, so those states add nothing to eqs. 8, 14
+    and 16: the block-scaled passes skip the blocks outside it, the one-scale passes compute
+    the band only (a fraction of about ``L' / 2T`` of the cells fewer: 30% for T = 100,
+    L' = 61)."""
+    return max(0, width - 2 * (frames - t)), min(width - 1, 2 * t + 1)
+
+
+@njit(**INLINE)
 def _band(t, frames, length):
-    """First and last block holding a state that is reachable at frame t (s <= 2t + 1) and
-    can still reach the end by frame ``frames - 1`` (s >= L' - 2 - 2 (frames - 1 - t))."""
-    width = 2 * length + 1
-    hi = min(width - 1, 2 * t + 1)
-    lo = max(0, width - 2 - 2 * (frames - 1 - t))
+    """First and last block holding a state of frame t's :func:`_path_band`."""
+    lo, hi = _path_band(t, frames, 2 * length + 1)
     return (lo // 2) // BLOCK, (hi // 2) // BLOCK
 
 
@@ -883,16 +891,6 @@ _RISK = 4.0 * _TINY
 the previous row's sum normalised to [0.5, 1) and sum to less than 3 of that (each state
 feeds at most three, emissions are at most 1), so every state below ``_TINY`` of its row's
 sum is below this."""
-
-
-@njit(**INLINE)
-def _path_band(t, frames, width):
-    """States ``lo <= s <= hi`` of frame t that lie on some complete path: reachable from
-    the start (``s <= 2t + 1``) and able to reach the end by frame ``T - 1`` (``s >= L' -
-    2 (T - t)``). Elsewhere alpha or beta is 0, so those states add nothing to eqs. 8, 14
-    and 16: the one-scale passes compute the band only. It is a fraction ``L' / 2T`` of
-    the cells fewer (30% for T = 100, L' = 61)."""
-    return max(0, width - 2 * (frames - t)), min(width - 1, 2 * t + 1)
 
 
 @njit(**INLINE)
