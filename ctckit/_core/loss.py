@@ -451,13 +451,11 @@ def _row_at_risk(prev, row, t, frames, y_blank, y_label, skip):
     and a positive emission). Exact zeros (unreachable states, masked classes) are no risk.
     (Emissions themselves never underflow unnoticed: :func:`_emissions` reports ``wide``.)"""
     length = y_label.shape[0]
-    width = 2 * length + 1
-    lo = max(0, width - 2 - 2 * (frames - 1 - t))
-    hi = min(width - 1, 2 * t + 1)
+    lo, hi = _path_band(t, frames, 2 * length + 1)
     off = np.uint64(length + 1)
     count = 0
     # blank states s = 2k with lo <= s <= hi: predecessors blank k and label k - 1
-    k_lo, k_hi = (lo + 1) // 2, hi // 2 + 1
+    k_lo, k_hi = _band_blanks(lo, hi)
     if y_blank > 0.0 and k_lo < k_hi:
         if k_lo == 0:
             count += (row[0] < _TINY) & (prev[0] > 0.0)
@@ -465,7 +463,7 @@ def _row_at_risk(prev, row, t, frames, y_blank, y_label, skip):
         for k in range(np.uint64(k_lo), np.uint64(k_hi)):
             count += (row[k] < _TINY) & (prev[k] + prev[off + k - _U1] > 0.0)
     # label states s = 2k + 1: predecessors label k, blank k, label k - 1 when skipping
-    k_lo, k_hi = lo // 2, min((hi - 1) // 2 + 1, length)
+    k_lo, k_hi = _band_labels(lo, hi)
     if k_lo < k_hi:
         if k_lo == 0:
             count += (row[off] < _TINY) & (prev[off] + prev[0] > 0.0) & (y_label[0] > 0.0)
@@ -894,6 +892,12 @@ sum is below this."""
 
 
 @njit(**INLINE)
+def _band_blanks(lo, hi):
+    """Blanks ``k0 <= k < k1`` whose states (``2k``) lie in ``[lo, hi]``."""
+    return (lo + 1) // 2, hi // 2 + 1
+
+
+@njit(**INLINE)
 def _band_labels(lo, hi):
     """Labels ``k0 <= k < k1`` whose states (``2k + 1``) lie in ``[lo, hi]``."""
     return lo // 2, (hi + 1) // 2
@@ -910,9 +914,10 @@ def _clear_states(row, s0, s1, width, length):
 @njit(**INLINE)
 def _band_dot(a, b, lo, hi, length):
     """``sum_s a[s] b[s]`` over the states ``lo..hi`` of two split rows."""
-    k0, k1 = _band_labels(lo, hi)
+    kb0, kb1 = _band_blanks(lo, hi)
+    kl0, kl1 = _band_labels(lo, hi)
     off = length + 1
-    return _range_dot(a, b, (lo + 1) // 2, hi // 2 + 1) + _range_dot(a, b, off + k0, off + k1)
+    return _range_dot(a, b, kb0, kb1) + _range_dot(a, b, off + kl0, off + kl1)
 
 
 @njit(**INLINE)
@@ -927,7 +932,7 @@ def _one_scale_alpha_row(prev, cur, y_blank, y_label, factor, skip, lo, hi, coun
     length = y_label.shape[0]
     off = np.uint64(length + 1)
     yb = y_blank * factor
-    kb0, kb1 = (lo + 1) // 2, hi // 2 + 1  # blank k is state 2k
+    kb0, kb1 = _band_blanks(lo, hi)  # blank k is state 2k
     kl0, kl1 = _band_labels(lo, hi)  # label k is state 2k + 1
     blank_from = np.uint64(max(0, (count_from + 1) // 2))
     label_from = np.uint64(max(0, count_from // 2))
@@ -1106,7 +1111,7 @@ def _one_scale_beta_row(next_b, cur, y_blank, y_label, factor, skip, lo, hi):
     off = np.uint64(length + 1)
     ul = np.uint64(length)
     yb = y_blank * factor
-    kb0, kb1 = (lo + 1) // 2, hi // 2 + 1
+    kb0, kb1 = _band_blanks(lo, hi)
     kl0, kl1 = _band_labels(lo, hi)
     total = 0.0
     for k in range(np.uint64(kb0), np.uint64(min(kb1, length))):  # blank k: itself and label k
@@ -1156,10 +1161,9 @@ def _one_scale_gradient_pass(log_probs, n, frames, blank, labels, skip, alpha, s
                 return False
             b_shift += emit_shift[t + 1] + e * _LN2
         a_row = alpha[t]
+        kb0, kb1 = _band_blanks(lo, hi)
         k0, k1 = _band_labels(lo, hi)
-        blank_mass = 0.0
-        for k in range(np.uint64((lo + 1) // 2), np.uint64(hi // 2 + 1)):
-            blank_mass += a_row[k] * b_row[k]
+        blank_mass = _range_dot(a_row, b_row, kb0, kb1)
         z = blank_mass
         for k in range(np.uint64(k0), np.uint64(k1)):
             mass = a_row[off + k] * b_row[off + k]
