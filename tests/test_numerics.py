@@ -353,6 +353,42 @@ def test_long_items_recompute_their_forward_rows_in_segments_exactly(scale, mode
     np.testing.assert_allclose(grad, ref.batch_grad(lp, labels, input_lengths), rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("mode", ["none", "dense", "compact"])
+def test_a_batch_of_long_targets_does_not_compile_the_first_round(monkeypatch, mode):
+    # Before the one-scale round's kernel is compiled, a batch in which no item is short
+    # enough for it starts every item in the block-scaled round: that round must then
+    # also settle what the first round otherwise settles (an infeasible target). Once the
+    # first round is compiled it runs on every batch, long targets included, with the
+    # same results.
+    from ctckit._core import loss
+
+    monkeypatch.setattr(loss, "_item_addresses", {})  # as in a fresh process
+    rng = np.random.default_rng(3)
+    lp = log_softmax(rng.standard_normal((601, 2, 40)))
+    targets = rng.integers(1, 40, (2, 300))
+    lengths, input_lengths = [300, 280], [601, 200]  # item 1 needs more frames than it has
+    assert min(lengths) >= loss.ONE_SCALE_LABELS
+    labels = [list(row[:n]) for row, n in zip(targets, lengths)]
+    code = {"none": loss.GRAD_NONE, "dense": loss.GRAD_DENSE, "compact": loss.GRAD_COMPACT}[mode]
+    first_round = loss._GRADIENT_ROUNDS[0] if code != loss.GRAD_NONE else loss._LOSS_ROUNDS[0]
+    expected_nll = ref.batch_nll(lp, labels, input_lengths)
+    assert np.isfinite(expected_nll[0]) and expected_nll[1] == np.inf
+    results = []
+    for batch in ("long targets only", "with a short item first"):
+        if batch == "with a short item first":
+            _core_batch(lp[:50, :1], targets[:1, :10], [50], [10], code)
+        nll, status, grad = _core_batch(lp, targets, input_lengths, lengths, code)
+        compiled = {function for function, _ in loss._item_addresses}
+        assert (first_round in compiled) == (batch == "with a short item first")
+        assert (status == loss.STATUS_OK).all()
+        np.testing.assert_allclose(nll, expected_nll, rtol=1e-12)
+        if code != loss.GRAD_NONE:
+            np.testing.assert_allclose(grad, ref.batch_grad(lp, labels, input_lengths), rtol=0, atol=1e-10)
+        results.append((nll, grad))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
 def test_a_lost_path_in_a_segmented_item_is_recomputed_in_log_space():
     # The lagging path above (10 labels, frames 0-39), then 52960 frames that favour the
     # blank: long enough for the gradient's segments, with the lost path in the first one.
@@ -438,7 +474,7 @@ def test_a_compiled_function_called_through_its_address():
     from numba import njit
 
     from ctckit._core.intrinsics import call_compiled
-    from ctckit._core.loss import _item_address
+    from ctckit._core.loss import _item_address, _item_key
 
     @njit
     def scaled_sum(values, factor, start):
@@ -451,7 +487,8 @@ def test_a_compiled_function_called_through_its_address():
         return call_compiled((0.0, 0), address, (values, factor, start))
 
     values = np.arange(5.0)
-    address = _item_address(scaled_sum, (values, 2.0, np.int64(1)))
+    arguments = (values, 2.0, np.int64(1))
+    address = _item_address(_item_key(scaled_sum, arguments), scaled_sum, arguments)
     assert caller(address, values, 2.0, np.int64(1)) == (20.0, 4)
     assert caller(address, values, 0.5, np.int64(3)) == (3.5, 2)
     with pytest.raises(ValueError, match="negative factor"):

@@ -74,6 +74,6 @@ def test_every_batch_kernel_caches_to_disk():
     from ctckit._core import align, beam, loss
 
     kernels = [loss.loss_batch, loss.gradient_batch, loss.scatter_posteriors, align.viterbi_batch, beam.beam_search_batch,
-               loss._item_loss_one_scale, loss._item_loss_blocks, loss._item_gradient_one_scale, loss._item_gradient_blocks]
+               *loss._LOSS_ROUNDS, *loss._GRADIENT_ROUNDS]
     for kernel in kernels:
         assert type(kernel._cache).__name__ != "NullCache", kernel.py_func.__name__

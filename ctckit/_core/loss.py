@@ -39,8 +39,9 @@ result exact:
 3. the gradient pass checks eq. 14, that ``log sum_s alpha b`` plus the scales equals
    ``log P`` at every frame.
 
-An item that fails a check is recomputed by the plain log-space kernel,
-:func:`_log_space_alpha` (the loss) and :func:`_log_space_item` (with the gradient).
+An item that fails a check is recomputed by the plain log-space kernels,
+:func:`_log_space_alpha` (the loss) and :func:`_log_space_item` (with the gradient), in a
+round of its own.
 
 The gradient needs every forward row in the backward pass. A long item's rows (past
 ``STORED_ROWS_LIMIT``) are kept for one segment of about sqrt(T) / 2 frames at a time: the
@@ -52,11 +53,13 @@ labels at most) first go to leaner passes with one scale per row, folded into th
 frame's emissions (section "one scale per row" below), under the same guards; an item
 that fails one goes to the block-scaled passes.
 
-A batch runs in two rounds (:func:`ctc_loss_batch`): the one-scale passes over every item,
-then the block-scaled passes over the items the first round left. Each round's per-item
-kernel compiles (or loads from Numba's cache) when a batch first needs it, and the parallel
-drivers call it through its address, so its code is compiled once and not again inside
-each driver: a first call with short targets compiles in about 10 s instead of 50.
+A batch runs in up to three rounds (:func:`ctc_loss_batch`): the one-scale passes over
+every item, the block-scaled passes over the items the first round left, and log space
+over the items the second rejected. Each round's per-item kernel compiles (or loads from
+Numba's cache) when a batch first needs it, and the parallel drivers call it through its
+address, so its code is compiled once and not again inside each driver: a first call with
+short targets compiles the first round alone (about 10 s), one with long targets the
+second alone.
 
 Reference: A. Graves, S. Fernandez, F. Gomez, J. Schmidhuber. Connectionist Temporal
 Classification: Labelling Unsegmented Sequence Data with Recurrent Neural Networks.
@@ -1361,10 +1364,13 @@ def _item_loss_one_scale(log_probs, targets, offsets, input_lengths, target_leng
 
 @njit(**NJIT)
 def _item_loss_blocks(log_probs, targets, offsets, input_lengths, target_lengths, n, blank):
-    """Second round of a batch's loss, for an item the first left pending: the block-scaled
-    pass, checked by a backward pass where a state may have lost precision, log space for
-    what they reject. ``(nll, status)``, NaN when a used log-prob is NaN."""
-    frames, length, labels, _, _ = _item_extent(targets, offsets, input_lengths, target_lengths, n)
+    """Second round of a batch's loss, for an item the first left pending (or every item,
+    when the first round was skipped): the block-scaled pass, checked by a backward pass
+    where a state may have lost precision. ``(nll, status)``, NaN when a used log-prob is
+    NaN, ``STATUS_PENDING`` for an item the checks reject or with no surviving path."""
+    frames, length, labels, feasible, nll = _item_extent(targets, offsets, input_lengths, target_lengths, n)
+    if not feasible:
+        return nll, STATUS_OK
     workspace = np.empty(_workspace_size(frames, length, log_probs.shape[2], GRAD_NONE))
     result = _block_loss_passes(unmanaged(log_probs), unmanaged(labels), n, frames, length, blank, unmanaged(workspace))
     keep_alive(workspace)
@@ -1394,14 +1400,47 @@ def _item_gradient_one_scale(log_probs, targets, offsets, input_lengths, target_
 def _item_gradient_blocks(log_probs, targets, offsets, input_lengths, target_lengths, n, blank, mode, torch_grad, scale,
                           grad, post):
     """:func:`_item_loss_blocks` with the gradient or posteriors of
-    :func:`_item_gradient_one_scale`: NaN rows for a NaN loss."""
+    :func:`_item_gradient_one_scale`: NaN rows for a NaN loss. A pending item's output is
+    left to the third round, which clears it again."""
     _clear_item(mode, grad, post, offsets, n)
-    frames, length, labels, _, _ = _item_extent(targets, offsets, input_lengths, target_lengths, n)
+    frames, length, labels, feasible, nll = _item_extent(targets, offsets, input_lengths, target_lengths, n)
+    if not feasible:
+        return nll, STATUS_OK
     workspace = np.empty(_workspace_size(frames, length, log_probs.shape[2], mode))
     result = _block_gradient_passes(unmanaged(log_probs), unmanaged(labels), n, frames, length, blank, mode, torch_grad,
                                     scale[n], unmanaged(grad), unmanaged(post), offsets[n] + n, unmanaged(workspace))
     keep_alive(workspace)
     return result
+
+
+@njit(**NJIT)
+def _item_loss_log_space(log_probs, targets, offsets, input_lengths, target_lengths, n, blank):
+    """Third round of a batch's loss, for an item the block-scaled pass left pending: the
+    plain log-space pass. ``(nll, STATUS_RECOMPUTED)``."""
+    frames, length, labels, _, _ = _item_extent(targets, offsets, input_lengths, target_lengths, n)
+    skip = np.empty(length)
+    _skip_weights(labels, length, skip)
+    _, log_p = _log_space_alpha(log_probs, n, frames, blank, labels, length, skip)
+    return -log_p, np.int64(STATUS_RECOMPUTED)  # not a literal: the round's result type
+
+
+@njit(**NJIT)
+def _item_gradient_log_space(log_probs, targets, offsets, input_lengths, target_lengths, n, blank, mode, torch_grad, scale,
+                             grad, post):
+    """:func:`_item_loss_log_space` with the gradient or posteriors: item n's output is
+    cleared (the second round may have written some frames) and stays zero when no path
+    survives even in log space."""
+    _clear_item(mode, grad, post, offsets, n)
+    frames, length, labels, _, _ = _item_extent(targets, offsets, input_lengths, target_lengths, n)
+    skip = np.empty(length)
+    _skip_weights(labels, length, skip)
+    label_post = np.empty(length)
+    slot = offsets[n] + n
+    log_p = _log_space_item(log_probs, n, frames, blank, labels, length, skip, mode, grad, post, slot, scale[n], torch_grad,
+                            label_post)
+    if not log_p > _NEG_INF:
+        _fill_item(mode, grad, post, n, slot, frames, length, 0.0)
+    return -log_p, np.int64(STATUS_RECOMPUTED)
 
 
 @njit(**INLINE)
@@ -1456,10 +1495,9 @@ def _block_loss_passes(log_probs, labels, n, frames, length, blank, workspace):
                                          work, check_frame, kept_row, kept_scales, check_shift)
         if abs(check - log_p) <= _LOG_P_TOLERANCE:
             return -log_p, STATUS_OK
-    # A -inf from the rescaled pass (no surviving path) is confirmed in log space too:
-    # underflow must never fake an infinite loss.
-    _, log_p = _log_space_alpha(log_probs, n, frames, blank, labels, length, skip)
-    return -log_p, STATUS_RECOMPUTED
+    # A -inf from the rescaled pass (no surviving path) is confirmed in log space too
+    # (the third round): underflow must never fake an infinite loss.
+    return np.nan, STATUS_PENDING
 
 
 @njit(**INLINE)
@@ -1539,20 +1577,15 @@ def _block_gradient_passes(log_probs, labels, n, frames, length, blank, mode, to
                                             torch_grad, work, label_post, beta_rows, beta_scales, block_mass, block_exponent)
             if not ok:
                 break
-    # A -inf from the rescaled pass (no surviving path) is confirmed in log space too:
-    # underflow must never fake an infinite loss.
+    # A -inf from the rescaled pass (no surviving path) is confirmed in log space too
+    # (the third round): underflow must never fake an infinite loss.
     if ok:
         return -log_p, STATUS_OK
-    if mode == GRAD_DENSE:  # frames written before a check failed
-        _fill_item(mode, grad, post, n, slot, frames, length, 0.0)
-    log_p = _log_space_item(log_probs, n, frames, blank, labels, length, skip, mode, grad, post, slot, scale, torch_grad, label_post)
-    if not log_p > _NEG_INF:
-        _fill_item(mode, grad, post, n, slot, frames, length, 0.0)
-    return -log_p, STATUS_RECOMPUTED
+    return np.nan, STATUS_PENDING
 
 
 # ------------------------------------------------------------------------------ batches
-# Two rounds per batch, each a parallel driver calling a per-item kernel through its
+# Up to three rounds per batch, each a parallel driver calling a per-item kernel through its
 # address (see the module docstring and :func:`_item_address`).
 
 
@@ -1572,12 +1605,14 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
     items = np.arange(nll.shape[0], dtype=np.int64)
     inputs = (log_probs, targets, offsets, input_lengths, target_lengths)
     if mode == GRAD_NONE:
-        rounds, item_arguments = (_item_loss_one_scale, _item_loss_blocks), (*inputs, np.int64(0), blank)
+        rounds, item_arguments = _LOSS_ROUNDS, (*inputs, np.int64(0), blank)
     else:
-        rounds = (_item_gradient_one_scale, _item_gradient_blocks)
-        item_arguments = (*inputs, np.int64(0), blank, mode, torch_grad, scale, grad, post)
+        rounds, item_arguments = _GRADIENT_ROUNDS, (*inputs, np.int64(0), blank, mode, torch_grad, scale, grad, post)
     for function in rounds:
-        item = _item_address(function, item_arguments)
+        key = _item_key(function, item_arguments)
+        if function is rounds[0] and key not in _item_addresses and not _any_one_scale_item(input_lengths, target_lengths):
+            continue  # not compiled yet, and not needed: every item starts in the second round
+        item = _item_address(key, function, item_arguments)
         if mode == GRAD_NONE:
             pending = loss_batch(item, items, *inputs, blank, nll, status)
         else:
@@ -1585,7 +1620,22 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
         if pending == 0:
             return
         items = np.flatnonzero(status == STATUS_PENDING).astype(np.int64, copy=False)
-    raise AssertionError("the block-scaled passes left an item pending")
+    raise AssertionError("the log-space round left an item pending")
+
+
+_LOSS_ROUNDS = (_item_loss_one_scale, _item_loss_blocks, _item_loss_log_space)
+_GRADIENT_ROUNDS = (_item_gradient_one_scale, _item_gradient_blocks, _item_gradient_log_space)
+"""Per-item kernels of a batch's rounds: one-scale passes, block-scaled passes, log space."""
+
+
+def _any_one_scale_item(input_lengths, target_lengths):
+    """Whether some item is short enough for the first round (:func:`_one_scale_item`).
+    Asked only while that round's kernel is not compiled: a batch of long targets then
+    compiles the block-scaled passes alone, not the one-scale ones too (about 10 s of a
+    first call). Once compiled, the first round always runs (it returns at once for a long
+    item), which saves this check on every call. Either way each item gets the same passes
+    and the same result."""
+    return bool(np.any((target_lengths < ONE_SCALE_LABELS) & (input_lengths * target_lengths <= ONE_SCALE_CELLS)))
 
 
 _ITEM_RESULT = types.Tuple((types.float64, types.int64))
@@ -1602,17 +1652,21 @@ except ImportError:  # numba.typeof takes about 8 us an argument
         return type(value)
 
 
-def _item_address(function, arguments):
+def _item_key(function, arguments):
+    """What :func:`_item_address` looks ``function``'s compiled code up by."""
+    return function, tuple(map(_argument_kind, arguments))
+
+
+def _item_address(key, function, arguments):
     """The native entry point of ``function`` (one of the ``_item_*`` kernels) compiled for
     the types of ``arguments`` (or loaded from Numba's cache), for a batch driver to call
-    through a pointer (:func:`.call_compiled`).
+    through a pointer (:func:`.call_compiled`). ``key``: :func:`_item_key`'s.
 
     Numba links a called function's code into its caller's, then optimises it and makes
     machine code of the whole again. Called through a pointer, the per-item code compiles
     once and each driver on its own, in about a second; linked in, the parallel driver
     took 15 s more (it is two levels: the loop's body and the function around it).
     """
-    key = (function, tuple(map(_argument_kind, arguments)))
     address = _item_addresses.get(key)
     if address is None:
         if numba_config.DISABLE_JIT:
