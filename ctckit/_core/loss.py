@@ -1628,6 +1628,7 @@ _GRADIENT_ROUNDS = (_item_gradient_one_scale, _item_gradient_blocks, _item_gradi
 """Per-item kernels of a batch's rounds: one-scale passes, block-scaled passes, log space."""
 
 
+@njit(**NJIT)
 def _any_one_scale_item(input_lengths, target_lengths):
     """Whether some item is short enough for the first round (:func:`_one_scale_item`).
     Asked only while that round's kernel is not compiled: a batch of long targets then
@@ -1635,7 +1636,10 @@ def _any_one_scale_item(input_lengths, target_lengths):
     first call). Once compiled, the first round always runs (it returns at once for a long
     item), which saves this check on every call. Either way each item gets the same passes
     and the same result."""
-    return bool(np.any((target_lengths < ONE_SCALE_LABELS) & (input_lengths * target_lengths <= ONE_SCALE_CELLS)))
+    for n in range(input_lengths.shape[0]):
+        if _one_scale_item(input_lengths[n], target_lengths[n]):
+            return True
+    return False
 
 
 _ITEM_RESULT = types.Tuple((types.float64, types.int64))
