@@ -505,22 +505,11 @@ def _alpha_segment(log_probs, n, t0, t1, frames, blank, labels, skip, alpha, sca
     segment's first) goes to ``alpha[t1 - t0]`` too. Returns 1, 0 when no path survives,
     -1 for a NaN.
     """
-    if t0 == 0:
-        m, y_blank, wide = _emissions(log_probs, 0, n, blank, labels, emit_label[0], exp_row, gathered, _PREFETCH_FRAMES,
-                                     0, labels.shape[0])
-        emit_blank[0], emit_shift[0] = y_blank, m
-        if m != m:
-            return -1
-        if m == _NEG_INF:
-            return 0
-        state, shift = _alpha_first_row(alpha[0], scales[0], log_probs, n, blank, labels)
-        if state <= 0:
-            return state
-    else:
+    shift = start_shift
+    if t0 > 0:
         _copy_row(start_row, start_scales, alpha[0], scales[0])
-        shift = start_shift
-    shifts[0] = shift
-    for t in range(t0 + 1, min(t1 + 1, frames)):
+        shifts[0] = shift
+    for t in range(t0 if t0 == 0 else t0 + 1, min(t1 + 1, frames)):  # one call site of the inlined _emissions
         i = t - t0
         m, y_blank, wide = _emissions(log_probs, t, n, blank, labels, emit_label[i], exp_row, gathered, t + _PREFETCH_FRAMES,
                                       0, labels.shape[0])
@@ -529,6 +518,12 @@ def _alpha_segment(log_probs, n, t0, t1, frames, blank, labels, skip, alpha, sca
             return -1
         if m == _NEG_INF:
             return 0
+        if t == 0:
+            state, shift = _alpha_first_row(alpha[0], scales[0], log_probs, n, blank, labels)
+            shifts[0] = shift
+            if state <= 0:
+                return state
+            continue
         if t == t1 and not keep_next:  # the next segment's first frame: its emissions only
             break
         state = _alpha_row(alpha[i - 1], scales[i - 1], alpha[i], scales[i], t, frames, y_blank, emit_label[i], m, skip, log_probs,
