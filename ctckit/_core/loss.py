@@ -72,7 +72,7 @@ import numpy as np
 from numba import njit, prange, typeof, types
 from numba import config as numba_config
 
-from .config import HOT, INLINE, NJIT, PARALLEL
+from .config import HOT, INLINE, LINKED, NJIT, PARALLEL
 from .intrinsics import bits_from_float, call_compiled, float_from_bits, keep_alive, prefetch, unmanaged
 from .vexp import vexp_shifted
 
@@ -133,7 +133,7 @@ def _log_emission(log_probs, t, n, blank, labels, s):
     return np.float64(log_probs[t, n, labels[(s - 1) // 2]])
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _label_posteriors(out, a, b, k0, kl, off, factor):
     """out[k] = a[off + k] b[off + k] factor for labels k in [k0, kl)."""
     uoff = np.uint64(off)
@@ -204,7 +204,7 @@ def _num_blocks(length):
     return length // BLOCK + 1
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _block(j, length):
     """(k0, blank end, label end) of block j; the ends are exclusive."""
     k0 = j * BLOCK
@@ -222,7 +222,7 @@ def _path_band(t, frames, width):
     return max(0, width - 2 * (frames - t)), min(width - 1, 2 * t + 1)
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _band(t, frames, length):
     """First and last block holding a state of frame t's :func:`_path_band`."""
     lo, hi = _path_band(t, frames, 2 * length + 1)
@@ -236,7 +236,7 @@ def _band(t, frames, length):
 _U1 = np.uint64(1)
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _range_sum(row, start, end):
     total = 0.0
     for i in range(np.uint64(start), np.uint64(end)):
@@ -252,25 +252,25 @@ def _range_dot(a, b, start, end):
     return total
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _range_scale(row, start, end, factor):
     for i in range(np.uint64(start), np.uint64(end)):
         row[i] *= factor
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _range_fill(row, start, end, value):
     for i in range(np.uint64(start), np.uint64(end)):
         row[i] = value
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _block_sum(row, j, length):
     k0, kb, kl = _block(j, length)
     return _range_sum(row, k0, kb) + _range_sum(row, length + 1 + k0, length + 1 + kl)
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _clear_block(row, scales, j, length):
     k0, kb, kl = _block(j, length)
     _range_fill(row, k0, kb, 0.0)  # (not a scaling by 0: the buffer may hold NaN garbage)
@@ -278,7 +278,7 @@ def _clear_block(row, scales, j, length):
     scales[j] = _NEG_INF
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _finish_block(row, scales, j, length, base, total):
     """Normalise block j by the power of two nearest its sum (exact); its exponent becomes
     ``base`` plus that power."""
@@ -290,7 +290,7 @@ def _finish_block(row, scales, j, length, base, total):
     scales[j] = base + power
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _carry(prev, prev_scales, j, k0, length):
     """``(exponent, value)`` of what block j reads from block j - 1 (its last label state):
     the value is ``v * 2^exponent`` relative to the row, -inf exponent when zero."""
@@ -303,7 +303,7 @@ def _carry(prev, prev_scales, j, k0, length):
     return prev_scales[j - 1] + power, v
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _relative(value, exponent, base):
     """``value * 2^(exponent - base)``, 0 for a -inf exponent."""
     if exponent == _NEG_INF:
@@ -485,7 +485,7 @@ def _copy(source, target):
         target[s] = source[s]
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _copy_row(source, source_scales, target, target_scales):
     """A block-scaled row and its exponents."""
     _copy(source, target)
