@@ -434,7 +434,7 @@ def _alpha_first_row(row, scales, log_probs, n, blank, labels):
         return -1, 0.0
     if total == 0.0:
         return 0, 0.0
-    _finish_block(row, scales, 0, labels.shape[0], 0.0, total)
+    _finish_block(row, scales, np.int64(0), labels.shape[0], 0.0, total)  # not a literal 0: that would compile it again
     return 1, top
 
 
