@@ -2,8 +2,8 @@
 
 No ``nnan``/``ninf`` anywhere: the kernels rely on IEEE ``inf`` and ``NaN`` (masked
 classes, infeasible targets). ``contract`` (fused multiply-add) is on everywhere;
-``reassoc`` only in the loss's per-item passes and the helpers inlined into them, so that
-sums over a row vectorise. Both fix the order of operations at compile time: results stay
+``reassoc`` only in the loss's per-item passes and the helpers inlined or linked into them,
+so that sums over a row vectorise. Both fix the order of operations at compile time: results stay
 bitwise identical whatever the thread count.
 """
 
@@ -14,7 +14,8 @@ NJIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 
 HOT = dict(NJIT, fastmath=_VECTORISE)
 """Options for the per-item passes (forward, backward, gradient), into which the small
-per-block and per-frame helpers are inlined: they then vectorise, row sums included."""
+per-block and per-frame helpers are inlined (by Numba, or by LLVM for :data:`LINKED`):
+they then vectorise, row sums included."""
 
 INLINE = dict(nogil=True, fastmath=_VECTORISE, error_model="numpy", inline="always")
 """Options for those helpers: inlined at Numba's IR level, so calling them costs no
