@@ -3,8 +3,8 @@
 No ``nnan``/``ninf`` anywhere: the kernels rely on IEEE ``inf`` and ``NaN`` (masked
 classes, infeasible targets). ``contract`` (fused multiply-add) is on everywhere;
 ``reassoc`` only in the loss's per-item passes and the helpers inlined or linked into them,
-so that sums over a row vectorise. Both fix the order of operations at compile time: results stay
-bitwise identical whatever the thread count.
+so that sums over a row vectorise. Both fix the order of operations at compile time:
+results stay bitwise identical whatever the thread count.
 """
 
 _VECTORISE = {"contract", "reassoc", "nsz"}
