@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .__main__ import int_option, require
+
 SHAPES = {  # name: (T, N, C, S_max)
     "docs": (50, 16, 20, 30),
     "ocr": (100, 64, 100, 40),
@@ -33,6 +35,7 @@ SHAPES = {  # name: (T, N, C, S_max)
 }
 MEMORY_SHAPES = ("bpe5k", "long", "xlong")
 PROVIDERS = ("ctckit", "torch", "optax", "tensorflow")
+MIN_REPEATS = 5  # the fewest timed runs whose median still shrugs off two outliers
 
 
 @dataclass
@@ -178,10 +181,9 @@ def run_speed(shapes, providers, repeats, log=print):
                 skipped[name] = f"not installed ({error.name})"
         reference = loaded["ctckit"][0]
         agreement = {name: float(np.max(np.abs(l[0] - reference) / np.abs(reference))) for name, l in loaded.items()}
-        reps = repeats
-        fwd = interleaved_medians({n: l[1] for n, l in loaded.items()}, reps)
-        both = interleaved_medians({n: l[2] for n, l in loaded.items()}, reps)
-        row = dict(shape=shape_name, dims=SHAPES[shape_name], repeats=reps, skipped=skipped, agreement=agreement,
+        fwd = interleaved_medians({n: l[1] for n, l in loaded.items()}, repeats)
+        both = interleaved_medians({n: l[2] for n, l in loaded.items()}, repeats)
+        row = dict(shape=shape_name, dims=SHAPES[shape_name], repeats=repeats, skipped=skipped, agreement=agreement,
                    forward_ms={n: v * 1e3 for n, v in fwd.items()}, forward_backward_ms={n: v * 1e3 for n, v in both.items()})
         rows.append(row)
         log(_speed_line(row))
@@ -197,7 +199,20 @@ def _speed_line(row):
         best = min(peers, key=peers.get) if peers else None
         ratio = f" fastest peer {best} x{peers[best] / ours:.1f}" if best else ""
         parts.append(f"{kind[:-3]}: " + " ".join(f"{n} {t:.2f}" for n, t in times.items()) + ratio)
+    if row["skipped"]:
+        parts.append("skipped: " + ", ".join(f"{n} ({why})" for n, why in row["skipped"].items()))
     return " | ".join(parts)
+
+
+def providers_that_ran(report) -> list:
+    """The providers timed on at least one shape, in the order of PROVIDERS."""
+    return [p for p in PROVIDERS if any(p in row["forward_ms"] for row in report["speed"])]
+
+
+def skipped_providers(report) -> dict:
+    """{provider: why} for the providers that were asked for but never ran."""
+    ran = providers_that_ran(report)
+    return {name: why for row in report["speed"] for name, why in row["skipped"].items() if name not in ran}
 
 
 # ------------------------------------------------------------------------------ memory
@@ -346,18 +361,21 @@ def markdown(report) -> str:
             ratio = ("" if name == "ctckit" else f"{f / ours_f:.1f}x", "" if name == "ctckit" else f"{b / ours_b:.1f}x")
             lines.append(f"| {row['shape']} | {' '.join(map(str, row['dims']))} | {name} | {f:.2f} | {b:.2f} | "
                          f"{ratio[0]} | {ratio[1]} | {row['agreement'][name]:.1e} |")
-        for name, why in row["skipped"].items():
-            lines.append(f"| {row['shape']} | {' '.join(map(str, row['dims']))} | {name} | skipped: {why} | | | | |")
+    skipped = skipped_providers(report)
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(f"{name}, {why}" for name, why in skipped.items()) + "."]
     if report.get("memory"):
-        lines += ["", "| shape | " + " | ".join(f"{p} peak MiB" for p in PROVIDERS) + " |",
-                  "| --- |" + " ---: |" * len(PROVIDERS)]
+        ran = [p for p in PROVIDERS if any(p in values for values in report["memory"].values())]
+        lines += ["", "| shape | " + " | ".join(f"{p} peak MiB" for p in ran) + " |", "| --- |" + " ---: |" * len(ran)]
         for shape_name, values in report["memory"].items():
-            cells = ["-" if values.get(p) is None else f"{values[p] / 2**20:.0f}" for p in PROVIDERS]
+            cells = ["-" if values.get(p) is None else f"{values[p] / 2**20:.0f}" for p in ran]
             lines.append(f"| {shape_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(report, path):
+    """Forward and forward+backward times per shape of the providers that ran, as a PNG;
+    False when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -368,7 +386,7 @@ def plot(report, path):
     shapes = [row["shape"] for row in report["speed"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, kind in zip(axes, ("forward_ms", "forward_backward_ms")):
-        for name in PROVIDERS:
+        for name in providers_that_ran(report):
             ys = [row[kind].get(name, np.nan) for row in report["speed"]]
             ax.plot(shapes, ys, marker="o", label=name)
         ax.set_yscale("log")
@@ -377,25 +395,34 @@ def plot(report, path):
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     return True
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="ctckit bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shape names")
-    parser.add_argument("--providers", default=",".join(PROVIDERS))
-    parser.add_argument("--repeats", type=int, default=9, help="timed runs per provider (median), at least 7")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--no-memory", action="store_true")
+DESCRIPTION = ("The CTC loss of ctckit against torch, optax and TensorFlow on the CPU: checks that the providers "
+               "agree on the losses, then times forward and forward+backward, interleaving the providers, and "
+               "prints medians and ratios (peer time / ctckit time); also peak memory, ctckit's scaling in "
+               "T, S, N and C, and the first call in a fresh process.")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctckit bench", description=DESCRIPTION)
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated shape names (default {','.join(SHAPES)})")
+    parser.add_argument("--providers", default=",".join(PROVIDERS),
+                        help=f"comma-separated, ctckit among them (default {','.join(PROVIDERS)}); one not installed is skipped")
+    parser.add_argument("--repeats", type=int_option(MIN_REPEATS), default=9,
+                        help=f"timed runs per provider, interleaved; their median is reported (default 9, at least {MIN_REPEATS})")
+    parser.add_argument("--threads", type=int_option(1), default=os.cpu_count() or 1,
+                        help=f"CPU threads of torch and Numba (default {os.cpu_count() or 1}, the number of CPUs)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak memory table")
     parser.add_argument("--no-extras", action="store_true", help="skip the scaling table and the cold start")
     parser.add_argument("--out", type=Path, help="folder for results.json, results.md and results.png")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-
-    import numba
-    import torch
-
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     shapes = args.shapes.split(",")
     providers = args.providers.split(",")
     for given, known, option in ((shapes, SHAPES, "--shapes"), (providers, PROVIDERS, "--providers")):
@@ -404,14 +431,18 @@ def main(argv=None) -> int:
             parser.error(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     if "ctckit" not in providers:
         parser.error("--providers must include ctckit (the ratios are relative to it)")
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    require("bench", ["torch"], "torch,bench")
+    import numba
+    import torch
+
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     report = dict(threads=args.threads, machine=dict(cpus=os.cpu_count()))
     print(f"CTC loss, float32, {args.threads} threads; median of {args.repeats} interleaved runs (ms); "
           f"ratio = fastest peer / ctckit")
     report["speed"] = run_speed(shapes, providers, args.repeats)
     if not args.no_memory:
-        report["memory"] = run_memory([s for s in MEMORY_SHAPES if s in shapes], providers)
+        report["memory"] = run_memory([s for s in MEMORY_SHAPES if s in shapes], providers_that_ran(report))
     if not args.no_extras:
         report["scaling"] = run_scaling(args.repeats)
         report["cold_start"] = run_cold_start()

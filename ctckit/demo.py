@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .__main__ import SEED, int_option, require
+
 CHARSET = "0123456789abcdefghijklmnopqrstuvwxyz"
 BLANK = 0  # class k + 1 is CHARSET[k]
 HEIGHT, WIDTH = 32, 160
@@ -101,43 +103,85 @@ def _edit_distance(a, b) -> int:
     return row[-1]
 
 
-def train(loss_fn, steps: int, seed: int, batch: int, log_every: int, progress: bool):
-    """Train a fresh model; returns (model, losses per step, wall seconds)."""
-    import torch
+class Training:
+    """A fresh model, its optimizer, learning-rate schedule and data stream, trained one step
+    at a time. Two built with the same seed start from the same weights and see the same
+    images."""
 
-    torch.manual_seed(seed)
-    model = build_model()
-    data = TextLines(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.15)
-    losses = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    def __init__(self, loss_fn, steps: int, seed: int, batch: int):
+        import torch
 
-        bar = tqdm(total=steps, desc=getattr(loss_fn, "name", "train"), unit="step", file=sys.stdout, mininterval=0.5)
-    start = time.perf_counter()
-    model.train()
-    for step in range(steps):
-        images, labels, _ = data.batch(batch)
+        torch.manual_seed(seed)
+        self.model = build_model()
+        self.data = TextLines(seed)
+        self.loss_fn, self.batch = loss_fn, batch
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=2e-3, weight_decay=1e-4)
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.15)
+        self.losses = []
+        self.step_seconds = []  # forward, loss, backward and update; drawing the images excluded
+        self.model.train()
+
+    def step(self) -> None:
+        """One step on the next batch of the data stream."""
+        import torch
+
+        images, labels, _ = self.data.batch(self.batch)
         targets = torch.tensor([c for seq in labels for c in seq])
         target_lengths = torch.tensor([len(seq) for seq in labels])
-        input_lengths = torch.full((batch,), FRAMES)
-        log_probs = model(torch.from_numpy(images))
-        loss = loss_fn(log_probs, targets, input_lengths, target_lengths)
-        optimizer.zero_grad()
+        input_lengths = torch.full((self.batch,), FRAMES)
+        start = time.perf_counter()
+        log_probs = self.model(torch.from_numpy(images))
+        loss = self.loss_fn(log_probs, targets, input_lengths, target_lengths)
+        self.optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.optimizer.step()
+        self.schedule.step()
+        self.step_seconds.append(time.perf_counter() - start)
+        self.losses.append(float(loss.detach()))
+
+
+def _progress_bar(steps: int, name: str, progress: bool):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=steps, desc=name, unit="step", file=sys.stdout, mininterval=0.5)
+
+
+def train(loss_fn, steps: int, seed: int, batch: int, log_every: int, progress: bool):
+    """Train a fresh model; returns (model, losses per step, wall seconds)."""
+    training = Training(loss_fn, steps, seed, batch)
+    bar = _progress_bar(steps, getattr(loss_fn, "name", "train"), progress)
+    start = time.perf_counter()
+    for step in range(steps):
+        training.step()
         if bar is not None:
             bar.update(1)
             if step % log_every == 0 or step == steps - 1:
-                bar.set_postfix(loss=f"{np.mean(losses[-log_every:]):.3f}", refresh=False)
+                bar.set_postfix(loss=f"{np.mean(training.losses[-log_every:]):.3f}", refresh=False)
     if bar is not None:
         bar.close()
-    return model, losses, time.perf_counter() - start
+    return training.model, training.losses, time.perf_counter() - start
+
+
+def train_interleaved(loss_fns: dict, steps: int, seed: int, batch: int, log_every: int, progress: bool) -> dict:
+    """Train one fresh model per loss function (same seed: same weights, same images), in the
+    same process, alternating steps, and which goes first each step, so that machine noise
+    hits them alike. Returns {name: Training}."""
+    trainings = {name: Training(loss_fn, steps, seed, batch) for name, loss_fn in loss_fns.items()}
+    order = list(trainings)
+    bar = _progress_bar(steps, " + ".join(order), progress)
+    for step in range(steps):
+        for name in order if step % 2 == 0 else order[::-1]:
+            trainings[name].step()
+        if bar is not None:
+            bar.update(1)
+            if step % log_every == 0 or step == steps - 1:
+                bar.set_postfix({name: f"{np.mean(t.losses[-log_every:]):.3f}" for name, t in trainings.items()}, refresh=False)
+    if bar is not None:
+        bar.close()
+    return trainings
 
 
 def evaluate(model, seed: int, size: int):
@@ -203,21 +247,30 @@ def draw_alignment(image, log_probs, labels, path: Path):
     return spans
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="ctckit demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
-    parser.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for the PNGs (default demo-out)")
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads (default 2)")
-    parser.add_argument("--val", type=int, default=256, help="validation images (default 256)")
-    parser.add_argument("--compare-torch", action="store_true", help="train again with torch's ctc_loss and compare")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    for name in ("steps", "batch", "threads", "val"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+DESCRIPTION = ("Train a small text recognizer from scratch with ctckit's CTC loss on synthetic text-line images, "
+               "read validation images with greedy and beam-search decoding, report the character error rate, "
+               "and write loss.png and alignment.png.")
 
+
+def _parser() -> argparse.ArgumentParser:
+    threads = min(2, os.cpu_count() or 1)
+    parser = argparse.ArgumentParser(prog="ctckit demo", description=DESCRIPTION)
+    parser.add_argument("--steps", type=int_option(1), default=1500, help="training steps (default 1500)")
+    parser.add_argument("--batch", type=int_option(1), default=32, help="images per step (default 32)")
+    parser.add_argument("--seed", type=SEED, default=0, help="random seed of the model and the data (default 0)")
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for the PNGs (default demo-out)")
+    parser.add_argument("--threads", type=int_option(1), default=threads, help=f"CPU threads (default {threads})")
+    parser.add_argument("--val", type=int_option(1), default=256, help="validation images (default 256)")
+    parser.add_argument("--compare-torch", action="store_true",
+                        help="also train the same model with torch's ctc_loss, the two alternating step by step, "
+                             "and compare their median time per step and their CER")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    require("demo", ["torch", "PIL", "matplotlib"] + ([] if args.no_progress else ["tqdm"]), "demo")
     import numba
     import torch
     import torch.nn.functional as F
@@ -227,34 +280,51 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"Training a CRNN on synthetic text lines for {args.steps} steps of {args.batch} images "
-          f"({args.threads} threads, seed {args.seed}) with ctckit.torch.CTCLoss")
     ours = ct.CTCLoss(blank=BLANK, zero_infinity=True)
     ours.name = "ctckit"
-    model, losses, seconds = train(ours, args.steps, args.seed, args.batch, 50, not args.no_progress)
-    print(f"trained in {seconds:.1f} s ({args.steps / seconds:.1f} steps/s); loss {np.mean(losses[:20]):.3f} -> {np.mean(losses[-20:]):.3f}")
+    print(f"Training a CRNN on synthetic text lines for {args.steps} steps of {args.batch} images "
+          f"({args.threads} threads, seed {args.seed}) with ctckit.torch.CTCLoss"
+          + (", and the same model with torch's ctc_loss, alternating steps" if args.compare_torch else ""))
+    if args.compare_torch:
+        def torch_loss(*inputs):
+            return F.ctc_loss(*inputs, blank=BLANK, zero_infinity=True)
+
+        trainings = train_interleaved({"ctckit": ours, "torch": torch_loss}, args.steps, args.seed, args.batch, 50,
+                                      not args.no_progress)
+        model, losses = trainings["ctckit"].model, trainings["ctckit"].losses
+    else:
+        model, losses, seconds = train(ours, args.steps, args.seed, args.batch, 50, not args.no_progress)
+        print(f"trained in {seconds:.1f} s ({args.steps / seconds:.1f} steps/s); "
+              f"loss {np.mean(losses[:20]):.3f} -> {np.mean(losses[-20:]):.3f}")
 
     cer, images, labels, texts, log_probs, greedy = evaluate(model, args.seed, args.val)
-    beams = ct.beam_search(log_probs[:, :6], beam_width=8, blank=BLANK)
+    shown = min(6, args.val)
+    beams = ct.beam_search(log_probs[:, :shown], beam_width=8, blank=BLANK)
     print(f"\nvalidation ({args.val} images): CER {cer:.2%} (greedy)")
     print(f"{'truth':>12} | {'greedy':>12} | {'beam search':>12}")
-    for n in range(6):
+    for n in range(shown):
         print(f"{texts[n]:>12} | {_text(greedy[n]):>12} | {_text(beams[n][0][0]):>12}")
 
     curves = {"ctckit.torch.CTCLoss": losses}
     if args.compare_torch:
-        def torch_loss(*inputs):
-            return F.ctc_loss(*inputs, blank=BLANK, zero_infinity=True)
-        torch_loss.name = "torch"
-        _, torch_losses, torch_seconds = train(torch_loss, args.steps, args.seed, args.batch, 50, not args.no_progress)
-        curves["torch.nn.functional.ctc_loss"] = torch_losses
-        print(f"\nsame model, seed and data with torch's ctc_loss: {torch_seconds:.1f} s (ctckit: {seconds:.1f} s); "
-              f"final loss {np.mean(torch_losses[-20:]):.3f} (ctckit: {np.mean(losses[-20:]):.3f})")
+        curves["torch.nn.functional.ctc_loss"] = trainings["torch"].losses
+        _print_comparison(trainings, cer, evaluate(trainings["torch"].model, args.seed, args.val)[0])
     plot_losses(curves, args.out / "loss.png")
     spans = draw_alignment(images[0], log_probs[:, 0], labels[0], args.out / "alignment.png")
     print(f"\nforced alignment of '{texts[0]}': " + ", ".join(f"{CHARSET[s.token - 1]}@{s.start}-{s.end}" for s in spans))
     print(f"wrote {args.out / 'loss.png'} and {args.out / 'alignment.png'}")
     return 0
+
+
+def _print_comparison(trainings: dict, ours_cer: float, torch_cer: float) -> None:
+    ours, theirs = trainings["ctckit"], trainings["torch"]
+    ours_ms, torch_ms = (1e3 * float(np.median(t.step_seconds)) for t in (ours, theirs))
+    print(f"\nctckit against torch's ctc_loss: the same model, seed and images, trained in turn step by step "
+          f"({len(ours.losses)} steps each)")
+    print(f"  median time per step (forward, loss, backward, update): ctckit {ours_ms:.1f} ms, torch {torch_ms:.1f} ms; "
+          f"torch / ctckit = {torch_ms / ours_ms:.2f}")
+    print(f"  validation CER (greedy): ctckit {ours_cer:.2%}, torch {torch_cer:.2%}; "
+          f"final loss ctckit {np.mean(ours.losses[-20:]):.3f}, torch {np.mean(theirs.losses[-20:]):.3f}")
 
 
 if __name__ == "__main__":

@@ -40,18 +40,6 @@ def test_kernels_are_cached_on_disk(tmp_path):
     assert second.split() == ["1", "0"]
 
 
-def test_bench_rejects_unknown_shapes_and_providers(capsys):
-    import pytest
-
-    from ctckit.bench import main
-
-    for argv, message in ((["--shapes", "docs,nope"], "--shapes: unknown nope; choose from docs"),
-                          (["--providers", "torch"], "--providers must include ctckit")):
-        with pytest.raises(SystemExit):
-            main(argv)
-        assert message in capsys.readouterr().err
-
-
 def test_the_loss_compiles_each_round_when_first_needed_and_caches_it(tmp_path):
     # A batch runs its items through the one-scale passes first, and only what they leave
     # (long targets, or a rejected item) through the block-scaled passes, each round a
