@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _core, _decode
 from ._decode import TokenSpan
-from ._inputs import as_kernel_array, check_gradient, prepare, reduction_weights
+from ._inputs import as_kernel_array, check_gradient, check_options, prepare, reduction_weights
 
 __all__ = ["ctc_loss", "ctc_loss_and_grad", "forced_align", "merge_tokens", "greedy_decode", "beam_search",
            "ctc_posteriors", "TokenSpan"]
@@ -18,11 +18,12 @@ __all__ = ["ctc_loss", "ctc_loss_and_grad", "forced_align", "merge_tokens", "gre
 
 def _losses_and_grad(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, want_grad, gradient):
     torch_grad = check_gradient(gradient)
+    blank, reduction, zero_infinity = check_options(blank, reduction, zero_infinity)
     array, out_dtype = as_kernel_array(log_probs)
     shapes, batch = prepare(array.shape, targets, input_lengths, target_lengths, blank, reduction)
     batched_view = array if shapes.batched else array[:, None, :]
     weights = reduction_weights(batch.target_lengths, reduction)
-    nll, grad = _core.negative_log_likelihood(batched_view, batch, int(blank), grad="dense" if want_grad else "none",
+    nll, grad = _core.negative_log_likelihood(batched_view, batch, blank, grad="dense" if want_grad else "none",
                                               torch_grad=torch_grad, scale=weights)
     if zero_infinity:
         nll[nll == np.inf] = 0.0
@@ -41,16 +42,17 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
 
     Args:
         log_probs: (T, N, C) or unbatched (T, C) log-probabilities (e.g. a log-softmax),
-            float16, float32 or float64.
+            float16, float32 or float64, or one of ml_dtypes' bfloat16 and float8 types
+            (computed in float32).
         targets: padded (N, S), concatenated (sum(target_lengths),), or unbatched (S,)
-            integer labels in [0, C), never ``blank``; padding is ignored.
-        input_lengths, target_lengths: (N,) integers (lists or arrays), or a single int
-            when unbatched.
-        blank: index of the blank class.
+            or (1, S) integer labels in [0, C), never ``blank``; padding is ignored.
+        input_lengths, target_lengths: N integers (lists, or arrays of any shape with N
+            elements, as torch), or a single int when unbatched.
+        blank: index of the blank class (an int).
         reduction: ``"none"`` (losses (N,), or 0-d unbatched), ``"sum"``, or ``"mean"``
             (batch mean of ``loss_n / max(target_length_n, 1)``).
-        zero_infinity: replace infinite losses (targets too long for their input) and
-            their gradients by zero.
+        zero_infinity: a bool: replace infinite losses (targets too long for their input)
+            and their gradients by zero.
 
     Returns:
         An array in the dtype of ``log_probs``.

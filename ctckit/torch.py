@@ -23,8 +23,8 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _core, _decode, _torch_ops
 from ._decode import TokenSpan
-from ._inputs import as_index_array, check_blank, check_gradient, check_reduction, check_shapes, check_values, reduction_weights
-from .errors import CTCInputError
+from ._inputs import (as_index_array, check_choice, check_gradient, check_options, check_shapes, check_values,
+                      reduction_weights)
 
 __all__ = ["ctc_loss", "CTCLoss", "forced_align", "merge_tokens", "greedy_decode", "beam_search", "ctc_posteriors",
            "TokenSpan"]
@@ -36,7 +36,16 @@ BACKENDS = ("auto", "numba", "triton", "torch")
 _KERNELS = ("numba", "triton")
 
 
+def _resolved(tensor: Tensor) -> Tensor:
+    """``tensor`` with its negative and conjugate bits applied (a lazy ``_neg_view()`` or
+    ``conj()``): ``numpy()`` and the kernels read memory, not the bits."""
+    if tensor.is_neg() or tensor.is_conj():
+        return tensor.resolve_neg().resolve_conj()
+    return tensor
+
+
 def _host(tensor: Tensor) -> np.ndarray:
+    tensor = _resolved(tensor)
     if tensor.is_cpu and not tensor.requires_grad:
         return tensor.numpy()  # half the time of detach().cpu().numpy()
     return tensor.detach().cpu().numpy()
@@ -62,9 +71,7 @@ def _choose_backend(backend: str, device: torch.device, loss: bool = True) -> st
     """The backend that will run: ``"auto"`` picks Numba on the CPU, Triton on CUDA when
     it is installed, and plain torch operations otherwise (the Numba core on a CPU copy
     for alignment, which has no torch-operations path)."""
-    choices = BACKENDS if loss else BACKENDS[:3]
-    if backend not in choices:
-        raise CTCInputError(f"backend must be one of {choices}, got {backend!r}")
+    backend = check_choice(backend, "backend", BACKENDS if loss else BACKENDS[:3])
     if backend == "auto":
         if device.type == "cpu":
             return "numba"
@@ -80,11 +87,26 @@ def _choose_backend(backend: str, device: torch.device, loss: bool = True) -> st
 
 
 def _saved_kind(log_probs_shape, num_targets, torch_grad, need_grad):
-    """What the forward keeps for the backward: nothing, compact posteriors, or the dense gradient."""
+    """What the forward keeps for the backward: nothing, compact posteriors, or the dense
+    gradient, whichever is smaller. Asked of concrete shapes only (in the operators'
+    implementations): on symbolic shapes the comparison would be a guard, and a batch that
+    crosses the line would compile another graph. See :func:`_saved_numel`."""
     if not need_grad:
         return "none"
     _, batch, classes = log_probs_shape
     return "compact" if not torch_grad and _core.compact_is_smaller(num_targets, batch, classes) else "dense"
+
+
+def _saved_numel(log_probs_shape, num_targets, torch_grad, need_grad):
+    """The number of elements of what the forward keeps, whichever :func:`_saved_kind` it is:
+    the smaller of the two sizes, a ``sym_min`` that needs no guard on symbolic shapes.
+    The forward returns it flat, and the backward reshapes it by its kind."""
+    if not need_grad:
+        return 0
+    frames, batch, classes = log_probs_shape
+    if torch_grad:
+        return frames * batch * classes
+    return frames * torch.sym_min(num_targets + batch, batch * classes)
 
 
 @torch.library.custom_op("ctckit::ctc_loss", mutates_args=())
@@ -92,9 +114,10 @@ def _ctc_loss_op(
     log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
     blank: int, torch_grad: bool, need_grad: bool, engine: str = "numba",
 ) -> tuple[Tensor, Tensor]:
-    """Per-item losses (float64, (N,)) and what the backward needs: if ``need_grad``, the
-    per-item gradients (T, N, C), or the compact posteriors (T, len(targets) + N) when they
-    are smaller; an empty tensor otherwise. ``log_probs``: (T, N, C); ``engine="numba"``:
+    """Per-item losses (float64, (N,)) and what the backward needs, flat: if ``need_grad``,
+    the per-item gradients (T, N, C), or the compact posteriors (T, len(targets) + N) when
+    they are smaller (see :func:`_saved_numel`); an empty tensor otherwise.
+    ``log_probs``: (T, N, C); ``engine="numba"``:
     float32/float64 on the CPU; ``"triton"``: any float dtype on a CUDA device (or the CPU
     under ``TRITON_INTERPRET=1``)."""
     return _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine)
@@ -106,39 +129,40 @@ def _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_g
     if batch is None:
         _, batch = _batch(log_probs.shape, targets, input_lengths, target_lengths, blank)
     kind = _saved_kind(log_probs.shape, targets.numel(), torch_grad, need_grad)
+    values = _resolved(log_probs.detach())
     if engine == "triton":
         triton_kernels = _triton_module()
         on_device = triton_kernels.DeviceBatch(batch, log_probs.device)
-        nll, saved = triton_kernels.negative_log_likelihood(log_probs.detach(), on_device, blank, kind, torch_grad)
-        return nll, (log_probs.new_empty(0) if saved is None else saved)
-    nll, saved = _core.negative_log_likelihood(log_probs.detach().numpy(), batch, blank, grad=kind, torch_grad=torch_grad)
-    return torch.from_numpy(nll), (log_probs.new_empty(0) if saved is None else torch.from_numpy(saved))
+        nll, saved = triton_kernels.negative_log_likelihood(values, on_device, blank, kind, torch_grad)
+        return nll, (log_probs.new_empty(0) if saved is None else saved.reshape(-1))
+    nll, saved = _core.negative_log_likelihood(values.numpy(), batch, blank, grad=kind, torch_grad=torch_grad)
+    return torch.from_numpy(nll), (log_probs.new_empty(0) if saved is None else torch.from_numpy(saved).reshape(-1))
 
 
 @_ctc_loss_op.register_fake
 def _ctc_loss_fake(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine="numba"):
     shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
     nll = log_probs.new_empty((shapes.batch,), dtype=torch.float64)
-    kind = _saved_kind(log_probs.shape, targets.numel(), torch_grad, need_grad)
-    if kind == "none":
-        return nll, log_probs.new_empty(0)
-    if kind == "dense":
-        return nll, log_probs.new_empty(log_probs.shape)
-    return nll, log_probs.new_empty(_core.compact_shape(shapes.frames, targets.numel(), shapes.batch))
+    return nll, log_probs.new_empty((_saved_numel(log_probs.shape, targets.numel(), torch_grad, need_grad),))
 
 
-@torch.library.custom_op("ctckit::ctc_loss_scatter_grad", mutates_args=())
-def _scatter_grad_op(
-    posteriors: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
-    scale: Tensor, blank: int, classes: int, engine: str = "numba",
+@torch.library.custom_op("ctckit::ctc_loss_gradient", mutates_args=())
+def _gradient_op(
+    saved: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor, scale: Tensor,
+    blank: int, frames: int, classes: int, torch_grad: bool, engine: str = "numba",
 ) -> Tensor:
-    """The dense gradient (T, N, C) of ``sum_n scale[n] * loss_n`` from compact posteriors."""
-    return _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, engine)
+    """The dense gradient (T, N, C) of ``sum_n scale[n] * loss_n`` from what the forward
+    kept (flat): the gradient itself, or compact posteriors, scattered."""
+    return _gradient_impl(saved, targets, input_lengths, target_lengths, scale, blank, frames, classes, torch_grad, engine)
 
 
-def _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, engine, batch=None):
+def _gradient_impl(saved, targets, input_lengths, target_lengths, scale, blank, frames, classes, torch_grad, engine,
+                   batch=None):
+    shape = (frames, input_lengths.shape[0], classes)
+    if _saved_kind(shape, targets.numel(), torch_grad, True) == "dense":
+        return saved.view(shape) * scale.to(saved.dtype)[None, :, None]
+    posteriors = saved.view(frames, -1)
     if batch is None:
-        shape = (posteriors.shape[0], input_lengths.shape[0], classes)
         _, batch = _batch(shape, targets, input_lengths, target_lengths, blank)
     if engine == "triton":
         triton_kernels = _triton_module()
@@ -148,9 +172,9 @@ def _scatter_impl(posteriors, targets, input_lengths, target_lengths, scale, bla
     return torch.from_numpy(_core.scatter_gradient(posteriors.numpy(), batch, blank, scale, classes))
 
 
-@_scatter_grad_op.register_fake
-def _scatter_grad_fake(posteriors, targets, input_lengths, target_lengths, scale, blank, classes, engine="numba"):
-    return posteriors.new_empty((posteriors.shape[0], input_lengths.shape[0], classes))
+@_gradient_op.register_fake
+def _gradient_fake(saved, targets, input_lengths, target_lengths, scale, blank, frames, classes, torch_grad, engine="numba"):
+    return saved.new_empty((frames, input_lengths.shape[0], classes))
 
 
 def _setup_context(ctx, inputs, output):
@@ -177,15 +201,14 @@ class _NoDoubleBackward(torch.autograd.Function):
 def _backward(ctx, grad_nll, _grad_of_saved):
     saved, log_probs, targets, input_lengths, target_lengths = ctx.saved_tensors
     if getattr(ctx, "eager", False):  # the forward's validated batch: the saved tensors are unchanged (autograd checks)
-        loss, scatter = partial(_loss_impl, batch=ctx.batch), partial(_scatter_impl, batch=ctx.batch)
+        loss, gradient = partial(_loss_impl, batch=ctx.batch), partial(_gradient_impl, batch=ctx.batch)
     else:
-        loss, scatter = _ctc_loss_op, _scatter_grad_op
+        loss, gradient = _ctc_loss_op, _gradient_op
     if not ctx.need_grad:  # the forward ran without the gradient: compute it now
         _, saved = loss(log_probs.detach(), targets, input_lengths, target_lengths, ctx.blank, ctx.torch_grad, True, ctx.engine)
-    if saved.dim() == 3:
-        grad = saved * grad_nll.to(saved.dtype)[None, :, None]
-    else:
-        grad = scatter(saved, targets, input_lengths, target_lengths, grad_nll, ctx.blank, log_probs.shape[2], ctx.engine)
+    frames, _, classes = log_probs.shape
+    grad = gradient(saved, targets, input_lengths, target_lengths, grad_nll, ctx.blank, frames, classes, ctx.torch_grad,
+                    ctx.engine)
     if torch.is_grad_enabled() and log_probs.requires_grad:
         grad = _NoDoubleBackward.apply(grad, log_probs)
     return grad, None, None, None, None, None, None, None
@@ -228,11 +251,15 @@ def _is_functorch_wrapped(tensor: Tensor) -> bool:
 
 
 def _as_index_tensor(value, name: str) -> Tensor:
+    """An index argument as a tensor: tensors as they are, others (lists, ints, arrays of
+    any byte order) through :func:`as_index_array` and a host copy in native byte order
+    (uint64 stays uint64: values past int64 are reported by the checks, unwrapped)."""
     if isinstance(value, Tensor):
         if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
             raise TypeError(f"{name} must have an integer dtype (int32 or int64), got {value.dtype}")
         return value
-    return torch.from_numpy(np.ascontiguousarray(as_index_array(value, name)))
+    array = as_index_array(value, name)
+    return torch.from_numpy(np.array(array, dtype=array.dtype.newbyteorder("="), order="C"))
 
 
 def ctc_loss(
@@ -245,11 +272,13 @@ def ctc_loss(
     Args:
         log_probs: (T, N, C) or unbatched (T, C) log-probabilities, float16, bfloat16,
             float32 or float64 (half types are computed in float32).
-        targets: padded (N, S), concatenated (sum(target_lengths),) or unbatched (S,)
-            integer tensor (or list); labels in [0, C), never ``blank``.
-        input_lengths, target_lengths: (N,) integer tensors, lists or tuples; 0-d or
-            ints when unbatched.
-        blank, reduction, zero_infinity: as in torch.
+        targets: padded (N, S), concatenated (sum(target_lengths),) or unbatched (S,) or
+            (1, S) integer tensor (or list, or array); labels in [0, C), never ``blank``.
+        input_lengths, target_lengths: N lengths: integer tensors of any shape with N
+            elements (as torch: (N,), (N, 1), 0-d for N = 1), lists, tuples or arrays;
+            an int when unbatched.
+        blank, reduction, zero_infinity: as in torch (an int, one of the three strings,
+            a bool).
         gradient: ``"exact"`` (default): the true derivative w.r.t. ``log_probs``, minus the
             posterior occupation of each class. ``"torch"``: torch's convention, which adds
             ``exp(log_probs)`` (the two give the same gradient through a log_softmax).
@@ -261,18 +290,16 @@ def ctc_loss(
 
     .. math:: \mathrm{loss}_n = -\log \sum_{\pi \in \mathcal{B}^{-1}(l_n)} \prod_{t < T_n} y^t_{\pi_t}
     """
-    if not isinstance(log_probs, Tensor):
-        raise TypeError(f"log_probs must be a torch.Tensor, got {type(log_probs).__name__}")
-    if not log_probs.dtype.is_floating_point:
-        raise TypeError(f"log_probs must be a floating-point tensor, got {log_probs.dtype}")
+    _check_log_probs(log_probs)
     backend = _choose_backend(backend, log_probs.device)
     torch_grad = check_gradient(gradient)
-    blank = check_blank(blank)
-    check_reduction(reduction)
+    blank, reduction, zero_infinity = check_options(blank, reduction, zero_infinity)
     targets = _as_index_tensor(targets, "targets")
     input_lengths = _as_index_tensor(input_lengths, "input_lengths")
     target_lengths = _as_index_tensor(target_lengths, "target_lengths")
     shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
+    # lengths of any shape with N elements, as torch: (N,) from here on
+    input_lengths, target_lengths = input_lengths.reshape(-1), target_lengths.reshape(-1)
 
     out_dtype = log_probs.dtype
     if _autocast(log_probs.device) and out_dtype in (torch.float16, torch.bfloat16):
@@ -281,7 +308,6 @@ def ctc_loss(
     compute = log_probs if log_probs.dtype in _KERNEL_DTYPES or backend == "triton" else log_probs.float()
     if not shapes.batched:
         compute, targets = compute.unsqueeze(1), targets.reshape(1, -1)
-        input_lengths, target_lengths = input_lengths.reshape(1), target_lengths.reshape(1)
     if backend == "numba":
         for name, tensor in (("log_probs", compute), ("targets", targets), ("input_lengths", input_lengths), ("target_lengths", target_lengths)):
             if not tensor.is_cpu:
@@ -308,7 +334,7 @@ def ctc_loss(
         if batch is not None and nll.is_cpu:  # from the validated lengths: 17 us instead of 29 in torch operations
             weights = torch.from_numpy(reduction_weights(batch.target_lengths, reduction))
         else:
-            weights = 1.0 / (target_lengths.to(nll.device).clamp_min(1).to(torch.float64) * shapes.batch)
+            weights = 1.0 / (target_lengths.to(device=nll.device, dtype=torch.float64).clamp_min(1) * shapes.batch)
         return (nll * weights).sum().to(out_dtype)
     return nll.sum().to(out_dtype)
 
@@ -337,13 +363,9 @@ class CTCLoss(torch.nn.Module):
     def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False, *, gradient: str = "exact",
                  backend: str = "auto"):
         super().__init__()
-        self.blank = check_blank(blank)
-        self.reduction = check_reduction(reduction)
-        self.zero_infinity = bool(zero_infinity)
+        self.blank, self.reduction, self.zero_infinity = check_options(blank, reduction, zero_infinity)
         check_gradient(gradient)
-        if backend not in BACKENDS:  # the device is known only at call time
-            raise CTCInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.gradient, self.backend = gradient, backend
+        self.gradient, self.backend = gradient, check_choice(backend, "backend", BACKENDS)  # the device is known at call time
 
     def forward(self, log_probs: Tensor, targets, input_lengths, target_lengths) -> Tensor:
         return ctc_loss(
@@ -356,12 +378,21 @@ class CTCLoss(torch.nn.Module):
 
 
 def _to_numpy(value):
-    """A tensor as a NumPy array on the host (copied from another device); others unchanged."""
+    """A tensor as a NumPy array on the host (copied from another device; float types other
+    than float32/float64 as float32); others (lists, arrays) unchanged."""
     if isinstance(value, Tensor):
-        if value.dtype in (torch.float16, torch.bfloat16):
+        if value.dtype.is_floating_point and value.dtype not in _KERNEL_DTYPES:
             value = value.float()
         return _host(value)
     return value
+
+
+def _check_log_probs(log_probs) -> None:
+    """``log_probs`` of the tensor functions: a floating-point tensor, as for the loss."""
+    if not isinstance(log_probs, Tensor):
+        raise TypeError(f"log_probs must be a torch.Tensor, got {type(log_probs).__name__}")
+    if not log_probs.dtype.is_floating_point:
+        raise TypeError(f"log_probs must be a floating-point tensor, got {log_probs.dtype}")
 
 
 def forced_align(log_probs, targets, input_lengths, target_lengths, blank: int = 0, *, backend: str = "auto"):
@@ -372,10 +403,7 @@ def forced_align(log_probs, targets, input_lengths, target_lengths, blank: int =
     CUDA tensors (when triton is installed), the Numba core on a CPU copy otherwise;
     ``"numba"`` or ``"triton"`` force one.
     """
-    if not isinstance(log_probs, Tensor):
-        raise TypeError(f"log_probs must be a torch.Tensor, got {type(log_probs).__name__}")
-    if not log_probs.dtype.is_floating_point:
-        raise TypeError(f"log_probs must be a floating-point tensor, got {log_probs.dtype}")
+    _check_log_probs(log_probs)
     device = log_probs.device
     if _choose_backend(backend, device, loss=False) == "triton":
         _, batch = _decode.alignable_batch(log_probs.shape, *map(_to_numpy, (targets, input_lengths, target_lengths)), blank)
@@ -396,16 +424,19 @@ def merge_tokens(alignment, scores, blank: int = 0):
 
 def greedy_decode(log_probs, input_lengths=None, blank: int = 0):
     """:func:`ctckit.numpy.greedy_decode` on tensors (copied to the host)."""
+    _check_log_probs(log_probs)
     return _decode.greedy_decode(_to_numpy(log_probs), _to_numpy(input_lengths), blank)
 
 
 def beam_search(log_probs, input_lengths=None, beam_width: int = 16, blank: int = 0, top_k: int = 1, **options):
     """:func:`ctckit.numpy.beam_search` on tensors (copied to the host; same keyword-only options)."""
+    _check_log_probs(log_probs)
     return _decode.beam_search(_to_numpy(log_probs), _to_numpy(input_lengths), beam_width, blank, top_k, **options)
 
 
 def ctc_posteriors(log_probs, targets, input_lengths, target_lengths, blank: int = 0):
     """:func:`ctckit.numpy.ctc_posteriors` on tensors, computed on the host, returned on
     the device of ``log_probs``."""
+    _check_log_probs(log_probs)
     posteriors = _decode.ctc_posteriors(*map(_to_numpy, (log_probs, targets, input_lengths, target_lengths)), blank)
     return torch.from_numpy(posteriors).to(device=log_probs.device, dtype=log_probs.dtype)
