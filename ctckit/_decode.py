@@ -124,12 +124,16 @@ def alignable_batch(log_probs_shape, targets, input_lengths, target_lengths, bla
     return shapes, batch
 
 
-def check_aligned(best: np.ndarray) -> None:
-    """Raise for the first item whose best path has probability zero (or is NaN)."""
+def check_aligned(best: np.ndarray, log_probs: np.ndarray | None = None, batch=None, blank: int = 0) -> None:
+    """Raise for the first item whose best path has probability zero; given the (T, N, C)
+    ``log_probs`` and the :class:`Batch`, say so when NaN on the item's classes is why."""
     for n in np.nonzero(~(best > -np.inf))[0]:
-        if np.isnan(best[n]):
-            raise CTCInputError(f"item {n} cannot be aligned: its log_probs hold NaN on the frames and classes "
-                                f"its paths use (batch index {n})")
+        if log_probs is not None:
+            labels = batch.targets[batch.offsets[n]:batch.offsets[n] + batch.target_lengths[n]]
+            used = log_probs[: batch.input_lengths[n], n][:, np.append(labels, blank)]
+            if np.isnan(used).any():
+                raise CTCInputError(f"item {n} cannot be aligned: its log_probs hold NaN on the frames and classes "
+                                    f"its paths use (batch index {n})")
         raise CTCInputError(f"item {n} cannot be aligned: every path to its target has probability zero "
                             f"(a needed class is -inf on every frame it could use) (batch index {n})")
 
@@ -144,7 +148,7 @@ def forced_align(log_probs, targets, input_lengths, target_lengths, blank=0):
     scores = np.zeros((size, frames), dtype=array.dtype)
     best = np.empty(size)
     viterbi_batch(array, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths, int(blank), alignments, scores, best)
-    check_aligned(best)
+    check_aligned(best, array, batch, int(blank))
     return (alignments, scores) if batched else (alignments[0], scores[0])
 
 
@@ -213,7 +217,7 @@ def _real(value, name: str, *, low=-math.inf, high=math.inf, meaning="") -> floa
     try:
         number = float(value)
     except OverflowError:  # an int beyond float's range
-        number = math.copysign(math.inf, value)
+        number = math.inf if value > 0 else -math.inf
     if not low <= number <= high:
         bounds = ("a number, not NaN" if low == -math.inf and high == math.inf else f"<= {high:g}" if low == -math.inf
                   else f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]")

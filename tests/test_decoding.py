@@ -120,12 +120,19 @@ def test_python_search_with_neutral_lm_equals_the_fast_one(seed, beam_width, top
     # candidates in the same order and prune alike, so they must agree hypothesis by hypothesis.
     rng = np.random.default_rng(seed)
     lp = _peaky(rng, 40, 3, 8, noise=1.0 + seed / 3) if seed % 2 else log_softmax(rng.standard_normal((40, 3, 8)))
+    if seed >= 3:  # masked classes: a class never possible, frames where only the blank or one label is
+        lp[:, :, seed] = -np.inf
+        lp[5:9, 0, 1:] = -np.inf
+        lp[12, 1, :] = -np.inf
+        lp[12, 1, 2] = 0.0
+        lp[20, 2, :] = -np.inf  # a frame where nothing is possible
     options = dict(beam_width=beam_width, top_k=top_k, token_min_log_prob=token_min, beam_prune_log_prob=prune)
-    fast = cn.beam_search(lp, [40, 30, 20], **options)
-    slow = cn.beam_search(lp, [40, 30, 20], lm=lambda prefix, label: 0.0, **options)
+    fast = cn.beam_search(lp, [40, 30, 25], **options)
+    slow = cn.beam_search(lp, [40, 30, 25], lm=lambda prefix, label: 0.0, **options)
     for a, b in zip(fast, slow):
         assert [h[0] for h in a] == [h[0] for h in b]
         np.testing.assert_allclose([h[1] for h in a], [h[1] for h in b], atol=1e-9)
+        assert all(type(h[1]) is float for h in a + b)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -203,3 +210,251 @@ def test_decoding_bad_input(call, message, rng):
     lp = log_softmax(rng.standard_normal((10, 2, 5)))
     with pytest.raises(CTCInputError, match=message):
         call(lp)
+
+
+def _neutral_lm(prefix, label):
+    return 0.0
+
+
+@pytest.mark.parametrize("blank", [0, 2])
+@pytest.mark.parametrize("options", [{}, {"lm": _neutral_lm}, {"hotwords": [[1]]},
+                                     {"lm": lambda prefix, label: 1.0, "hotwords": [[1, 1]], "lm_weight": 1.0}])
+def test_a_hypothesis_never_contains_the_blank(blank, options):
+    lp = np.full((4, 3), -np.inf)
+    lp[:, blank] = 0.0  # only the blank is possible: the one labeling is the empty one, probability 1
+    assert cn.beam_search(lp, top_k=3, blank=blank, **options) == [([], 0.0)]
+
+
+def test_a_frame_where_every_class_is_impossible_leaves_one_hypothesis_of_probability_zero(rng):
+    lp = log_softmax(rng.standard_normal((6, 2, 4)))
+    lp[3, 0] = -np.inf
+    for options in ({}, {"lm": _neutral_lm}):
+        hyps = cn.beam_search(lp, top_k=3, token_min_log_prob=-np.inf, **options)
+        best_before = cn.beam_search(lp[:3, 0], top_k=1, token_min_log_prob=-np.inf, **options)[0][0]
+        assert hyps[0] == [(best_before, -np.inf)]  # the best beam before that frame, with probability zero
+        assert hyps[1] == cn.beam_search(lp[:, 1], top_k=3, token_min_log_prob=-np.inf, **options)
+
+
+def test_a_prefix_whose_last_label_is_impossible_at_a_frame_only_ends_in_a_blank_there():
+    # label 1 is impossible at frame 1: [1] has no path 1 1 1, only 1 blank blank and the like
+    lp = np.log(np.array([[0.1, 0.8, 0.1], [0.5, 1.0, 0.5], [0.1, 0.8, 0.1]]))
+    lp[1, 1] = -np.inf
+    exact = _labeling_log_probs(lp, 0)
+    hyps = cn.beam_search(lp, beam_width=64, top_k=20, token_min_log_prob=-np.inf, beam_prune_log_prob=-np.inf)
+    assert sorted(labels for labels, _ in hyps) == sorted(list(k) for k, v in exact.items() if v > -np.inf)
+    for labels, score in hyps:
+        assert score == pytest.approx(exact[tuple(labels)], abs=1e-12)
+    assert cn.beam_search(lp, beam_width=64, top_k=20, token_min_log_prob=-np.inf, beam_prune_log_prob=-np.inf,
+                          lm=_neutral_lm) == hyps
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_on_a_used_frame_is_refused_and_past_the_length_never_read(bad, rng):
+    lp = log_softmax(rng.standard_normal((8, 2, 5)))
+    lp[5:, 1] = bad  # past item 1's length
+    expected_greedy = [cn.greedy_decode(lp[:, 0]), cn.greedy_decode(lp[:5, 1])]
+    assert cn.greedy_decode(lp, [8, 5]) == expected_greedy
+    for options in ({}, {"lm": _neutral_lm}):
+        assert cn.beam_search(lp, [8, 5], top_k=2, **options) == [cn.beam_search(lp[:, 0], top_k=2, **options),
+                                                                  cn.beam_search(lp[:5, 1], top_k=2, **options)]
+    lp[2, 1, 3] = bad
+    message = rf"log_probs\[2, 1, 3\] = {bad}: decoding needs log-probabilities \(finite or -inf\) .* \(batch index 1\)"
+    for call in (lambda: cn.greedy_decode(lp, [8, 5]), lambda: cn.beam_search(lp, [8, 5]),
+                 lambda: cn.beam_search(lp, [8, 5], lm=_neutral_lm)):
+        with pytest.raises(CTCInputError, match=message):
+            call()
+
+
+def test_forced_align_names_nan_on_its_paths(rng):
+    lp = log_softmax(rng.standard_normal((6, 1, 4)))
+    lp[2, 0, 0] = np.nan  # the blank, which every path of [1, 2] in 6 frames must use somewhere
+    with pytest.raises(CTCInputError, match=r"item 0 cannot be aligned: its log_probs hold NaN"):
+        cn.forced_align(lp, [[1, 2]], [6], [2])
+
+
+# A child process lays log-probs out item after item, each item's frames in a row, so that
+# the last item's frames t >= its length lie on a page that cannot be read: any read there
+# kills the child (SIGSEGV).
+_GUARDED_CHILD = r"""
+import ctypes, json, mmap, sys
+import numpy as np
+import ctckit.numpy as cn
+
+values = np.asarray(json.loads(sys.argv[1]))
+lengths, dtype = json.loads(sys.argv[2]), np.dtype(sys.argv[3])
+frames, size, classes = values.shape
+page = mmap.PAGESIZE
+buffer = mmap.mmap(-1, 2 * page)
+address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+if libc.mprotect(ctypes.c_void_p(address + page), page, 0) != 0:
+    raise OSError(ctypes.get_errno(), "mprotect")
+memory = np.frombuffer(buffer, dtype=dtype, count=page // dtype.itemsize)
+start = memory.shape[0] - (frames * classes * (size - 1) + lengths[-1] * classes)
+for n in range(size):
+    used = values[: frames if n < size - 1 else lengths[-1], n].ravel()
+    memory[start + n * frames * classes: start + n * frames * classes + used.shape[0]] = used
+item = dtype.itemsize
+lp = np.lib.stride_tricks.as_strided(memory[start:], shape=(frames, size, classes),
+                                     strides=(classes * item, frames * classes * item, item))
+targets, target_lengths = [[1, 2], [3, 0]], [2, 1]
+out = {
+    "greedy": cn.greedy_decode(lp, lengths),
+    "beam": cn.beam_search(lp, lengths, top_k=3),
+    "beam_lm": cn.beam_search(lp, lengths, top_k=3, lm=lambda prefix, label: 0.0),
+    "align": cn.forced_align(lp, targets, lengths, target_lengths)[0].tolist(),
+    "posteriors": cn.ctc_posteriors(lp, targets, lengths, target_lengths)[: lengths[-1], -1].tolist(),
+}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_frames_past_the_length_are_never_read(dtype, rng):
+    import json
+    import subprocess
+    import sys
+
+    lp = log_softmax(rng.standard_normal((7, 2, 5))).astype(dtype)
+    lengths = [7, 4]
+    child = subprocess.run([sys.executable, "-c", _GUARDED_CHILD, json.dumps(lp.astype(float).tolist()),
+                            json.dumps(lengths), dtype], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, f"the child died (return code {child.returncode}): {child.stderr[-2000:]}"
+    got = json.loads(child.stdout)
+    safe = lp.copy()
+    safe[4:, 1] = np.nan
+    targets, target_lengths = [[1, 2], [3, 0]], [2, 1]
+    assert got["greedy"] == cn.greedy_decode(safe, lengths)
+    assert [[(h[0], h[1]) for h in hyps] for hyps in got["beam"]] == cn.beam_search(safe, lengths, top_k=3)
+    assert [[(h[0], h[1]) for h in hyps] for hyps in got["beam_lm"]] == cn.beam_search(safe, lengths, top_k=3, lm=_neutral_lm)
+    assert got["align"] == cn.forced_align(safe, targets, lengths, target_lengths)[0].tolist()
+    np.testing.assert_allclose(got["posteriors"], cn.ctc_posteriors(safe, targets, lengths, target_lengths)[:4, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("beam_width", [2**31, 2**40, 2**63 - 1, np.uint64(2**63)])
+def test_a_beam_beyond_the_memory_bound_is_refused_before_anything_is_allocated(beam_width, rng):
+    lp = log_softmax(rng.standard_normal((30, 8)))
+    message = (r"beam_width = \d+ and top_k = 1 on N = 1 items of up to T = 30 frames and C = 8 classes could need "
+               r"[\d.]+ GiB, more than the 1 GiB limit: lower beam_width \(at most \d+ fits")
+    for options in ({}, {"lm": _neutral_lm}):
+        with pytest.raises(CTCInputError, match=message):
+            cn.beam_search(lp, beam_width=beam_width, **options)
+
+
+def test_results_beyond_the_memory_bound_are_refused(rng):
+    lp = log_softmax(rng.standard_normal((600, 300, 30)).astype(np.float32))
+    with pytest.raises(CTCInputError, match=r"top_k = 1000 .* could need .* GiB"):
+        cn.beam_search(lp, beam_width=1000, top_k=1000)
+
+
+@pytest.mark.parametrize("blank", [0, 1])
+def test_beam_width_and_top_k_beyond_every_labeling_are_clamped(blank, rng):
+    lp = log_softmax(1.5 * rng.standard_normal((4, 3)))
+    exact = sorted(_labeling_log_probs(lp, blank).items(), key=lambda kv: -kv[1])
+    assert len(exact) == 15  # every labeling of at most 4 labels from 2 that fits 4 frames
+    for options in ({}, {"lm": _neutral_lm}):
+        hyps = cn.beam_search(lp, beam_width=2**63 - 1, blank=blank, top_k=2**40, token_min_log_prob=-np.inf,
+                              beam_prune_log_prob=-np.inf, **options)
+        assert [tuple(labels) for labels, _ in hyps] == [labels for labels, _ in exact]
+        np.testing.assert_allclose([score for _, score in hyps], [score for _, score in exact], atol=1e-12)
+
+
+def test_a_beam_of_a_few_thousand_is_usable_and_exact(rng):
+    lp = log_softmax(rng.standard_normal((7, 4)))  # 3280 labelings of at most 7 labels from 3
+    exact = sorted(_labeling_log_probs(lp, 0).items(), key=lambda kv: -kv[1])[:5]
+    hyps = cn.beam_search(lp, beam_width=4096, top_k=5, token_min_log_prob=-np.inf, beam_prune_log_prob=-np.inf)
+    assert [tuple(labels) for labels, _ in hyps] == [labels for labels, _ in exact]
+    np.testing.assert_allclose([score for _, score in hyps], [score for _, score in exact], atol=1e-12)
+
+
+def test_ties_go_to_the_earlier_candidate(rng):
+    # uniform frames: after frame 1 [], [1], [2], [3] tie, the beam [] first; after frame 2, [1]
+    # (kept by two paths) leads, and the current beams come before the new prefixes they tie with
+    lp = np.log(np.full((2, 4), 0.25))
+    for options in ({}, {"lm": _neutral_lm}):
+        search = lambda frames, width: cn.beam_search(lp[:frames], beam_width=width, top_k=width, token_min_log_prob=-np.inf,
+                                                      beam_prune_log_prob=-np.inf, **options)
+        assert [labels for labels, _ in search(1, 2)] == [[], [1]]
+        assert [labels for labels, _ in search(1, 3)] == [[], [1], [2]]
+        assert [labels for labels, _ in search(2, 2)] == [[1], []]
+        hyps = search(2, 6)  # the first frame keeps all four: [1], [2], [3] tie, then [] and the new ones
+        assert [labels for labels, _ in hyps] == [[1], [2], [3], [], [1, 2], [1, 3]]
+        assert len({score for _, score in hyps[:3]}) == 1 and len({score for _, score in hyps[3:]}) == 1
+
+
+@pytest.mark.parametrize("options,error,message", [
+    ({"beam_width": 2.0}, TypeError, r"beam_width must be an int, got float"),
+    ({"beam_width": True}, TypeError, r"beam_width must be an int, got bool"),
+    ({"top_k": "3"}, TypeError, r"top_k must be an int, got str"),
+    ({"top_k": 0}, CTCInputError, r"top_k must be a positive int, got 0"),
+    ({"token_min_log_prob": "x"}, TypeError, r"token_min_log_prob must be a real number, got str"),
+    ({"token_min_log_prob": np.nan}, CTCInputError, r"token_min_log_prob must be a number, not NaN, got nan"),
+    ({"beam_prune_log_prob": 10**400}, CTCInputError, r"beam_prune_log_prob must be <= 0 \(a margin below the best"),
+    ({"beam_prune_log_prob": None}, TypeError, r"beam_prune_log_prob must be a real number, got NoneType"),
+    ({"lm_weight": -1.0}, CTCInputError, r"lm_weight must be >= 0, got -1.0"),
+    ({"lm_weight": np.inf}, CTCInputError, r"lm_weight must be finite"),
+    ({"hotword_weight": [2.0]}, TypeError, r"hotword_weight must be a real number, got list"),
+    ({"hotword_weight": np.nan}, CTCInputError, r"hotword_weight must be a number, not NaN"),
+    ({"lm": "bigram"}, TypeError, r"lm must be a callable"),
+    ({"hotwords": [[1, 0]]}, CTCInputError, r"hotwords\[0\]\[1\] = 0 must be a label in \[0, C\) = \[0, 5\), not the blank \(0\)"),
+    ({"hotwords": [[2], [9]]}, CTCInputError, r"hotwords\[1\]\[0\] = 9 must be a label"),
+    ({"hotwords": [1, 2]}, CTCInputError, r"hotwords\[0\] must be a 1-D sequence of labels"),
+    ({"hotwords": "ab"}, TypeError, r"hotwords must be a sequence of label sequences, got str"),
+    ({"hotwords": [[1.5]]}, TypeError, r"hotwords\[0\] must hold integers"),
+    ({"lm": lambda prefix, label: float("nan")}, CTCInputError, r"lm returned nan for label \d after 0 labels"),
+    ({"lm": lambda prefix, label: "high"}, TypeError, r"lm must return a float, got str"),
+])
+def test_beam_search_options_are_checked(options, error, message, rng):
+    lp = log_softmax(rng.standard_normal((10, 2, 5)))
+    with pytest.raises(error, match=message):
+        cn.beam_search(lp, **options)
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda lp: cn.greedy_decode(lp, [10, 2**70]), CTCInputError, r"input_lengths"),
+    (lambda lp: cn.greedy_decode(lp, np.array([10, 2**63], dtype=np.uint64)), CTCInputError,
+     r"input_lengths\[1\] = 9223372036854775808 is outside \[0, T\] = \[0, 10\] \(batch index 1\)"),
+    (lambda lp: cn.greedy_decode(lp[:, 0], np.uint64(2**63)), CTCInputError, r"input_lengths = 9223372036854775808 is outside"),
+    (lambda lp: cn.beam_search(lp, [10.0, 3.0]), TypeError, r"input_lengths must hold integers"),
+    (lambda lp: cn.greedy_decode(lp, [3]), CTCInputError, r"input_lengths must have shape \(2,\)"),
+    (lambda lp: cn.greedy_decode(lp, blank=True), TypeError, r"blank must be an int, got bool"),
+    (lambda lp: cn.beam_search(lp, blank=-1), CTCInputError, r"blank must be in \[0, C\) = \[0, 5\), got -1"),
+    (lambda lp: cn.greedy_decode([[0.0, 1.0], [2.0]]), CTCInputError, r"log_probs must be a \(T, N, C\) or \(T, C\) array"),
+    (lambda lp: cn.beam_search(lp.astype(np.int64)), TypeError, r"log_probs must be a floating-point array, got dtype int64"),
+    (lambda lp: cn.greedy_decode(lp.astype(np.complex64)), TypeError, r"log_probs must be a floating-point array"),
+    (lambda lp: cn.merge_tokens([0, 1, 1], ["a", "b", "c"]), TypeError, r"scores must hold real log-probs"),
+    (lambda lp: cn.merge_tokens([0.0, 1.0], [0.0, 0.0]), TypeError, r"alignment must hold integer class indices"),
+    (lambda lp: cn.merge_tokens([[0, 1], [1]], [0.0, 0.0]), CTCInputError, r"merge_tokens takes a 1-D alignment"),
+    (lambda lp: cn.merge_tokens([0, -2, 1], [0.0] * 3), CTCInputError, r"alignment\[1\] = -2: a frame's class must be >= 0"),
+    (lambda lp: cn.merge_tokens([0, 1], [0.0, 0.0], blank=-1), CTCInputError, r"blank must be a class index"),
+    (lambda lp: cn.merge_tokens([0, 1], [0.0, 0.0], blank="0"), TypeError, r"blank must be an int"),
+])
+def test_decoder_arguments_are_checked(call, error, message, rng):
+    lp = log_softmax(rng.standard_normal((10, 2, 5)))
+    with pytest.raises(error, match=message):
+        call(lp)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ">f4", ">f8", np.longdouble])
+def test_decoders_take_every_float_dtype_the_loss_takes(dtype, rng):
+    lp = log_softmax(rng.standard_normal((9, 2, 5))).astype(dtype)
+    compute = np.float32 if np.dtype(dtype).itemsize < 4 else np.float64  # as the loss: byte-swapped float32 in float64
+    same = lp.astype(compute)
+    targets, lengths, target_lengths = [[1, 2], [3, 0]], [9, 6], [2, 1]
+    cn.ctc_loss(lp, targets, lengths, target_lengths)  # the loss takes it
+    assert cn.greedy_decode(lp, lengths) == cn.greedy_decode(same, lengths)
+    assert cn.beam_search(lp, lengths, top_k=3) == cn.beam_search(same, lengths, top_k=3)
+    alignment, scores = cn.forced_align(lp, targets, lengths, target_lengths)
+    np.testing.assert_array_equal(alignment, cn.forced_align(same, targets, lengths, target_lengths)[0])
+    np.testing.assert_array_equal(cn.ctc_posteriors(lp, targets, lengths, target_lengths),
+                                  cn.ctc_posteriors(same, targets, lengths, target_lengths))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_torch_decoders_take_every_float_dtype_the_loss_takes(dtype, rng):
+    lp = torch.from_numpy(log_softmax(rng.standard_normal((9, 2, 5)))).to(dtype)
+    ct.ctc_loss(lp, torch.tensor([[1, 2], [3, 0]]), [9, 6], [2, 1])
+    same = lp.float()
+    assert ct.greedy_decode(lp, [9, 6]) == ct.greedy_decode(same, [9, 6])
+    assert ct.beam_search(lp, [9, 6], top_k=2) == ct.beam_search(same, [9, 6], top_k=2)
