@@ -69,10 +69,11 @@ def batched_log_probs(log_probs) -> tuple[np.ndarray, bool, np.dtype]:
     return (array if batched else array[:, None, :]), batched, compute
 
 
-def kernel_array(array: np.ndarray, lengths: np.ndarray, compute: np.dtype) -> np.ndarray:
-    """``array`` if it is in the dtype ``compute``, else a copy of each item's frames
-    ``t < lengths[n]`` in that dtype (the rest left zero, and never read)."""
-    if array.dtype == compute:
+def kernel_array(array: np.ndarray, lengths: np.ndarray, compute: np.dtype, contiguous: bool = False) -> np.ndarray:
+    """``array`` if it is in the dtype ``compute`` (and C-contiguous, if asked), else a
+    C-contiguous copy of each item's frames ``t < lengths[n]`` in that dtype (the rest left
+    zero, and never read)."""
+    if array.dtype == compute and (array.flags.c_contiguous or not contiguous):
         return array
     out = np.zeros(array.shape, dtype=compute)
     for n, length in enumerate(lengths):
@@ -319,7 +320,7 @@ def beam_search(log_probs, input_lengths=None, beam_width=16, blank=0, top_k=1, 
             f"beam_search with beam_width = {beam_width} and top_k = {top_k} on N = {size} items of up to T = {longest} "
             f"frames and C = {classes} classes could need {need / 2**30:.2f} GiB, more than the "
             f"{MAX_BEAM_SEARCH_BYTES / 2**30:.0f} GiB limit: {advice}")
-    array = kernel_array(array, lengths, compute)
+    array = kernel_array(array, lengths, compute, contiguous=True)  # the core is compiled for one layout
     for n in range(size):
         _refuse_non_log_probs(array, n, lengths[n])
     if not in_python:
