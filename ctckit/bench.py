@@ -412,8 +412,8 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"comma-separated, ctckit among them (default {','.join(PROVIDERS)}); one not installed is skipped")
     parser.add_argument("--repeats", type=int_option(MIN_REPEATS), default=9,
                         help=f"timed runs per provider, interleaved; their median is reported (default 9, at least {MIN_REPEATS})")
-    parser.add_argument("--threads", type=int_option(1), default=os.cpu_count() or 1,
-                        help=f"CPU threads of torch and Numba (default {os.cpu_count() or 1}, the number of CPUs)")
+    parser.add_argument("--threads", type=int_option(1, 256), default=os.cpu_count() or 1,
+                        help=f"CPU threads of torch and ctckit (default {os.cpu_count() or 1}, the number of CPUs)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory table")
     parser.add_argument("--no-extras", action="store_true", help="skip the scaling table and the cold start")
     parser.add_argument("--out", type=Path, help="folder for results.json, results.md and results.png")
@@ -432,11 +432,12 @@ def main(argv=None) -> int:
     if "ctckit" not in providers:
         parser.error("--providers must include ctckit (the ratios are relative to it)")
     require("bench", ["torch"], "torch,bench")
-    import numba
     import torch
 
+    import ctckit
+
     torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    ctckit.set_num_threads(args.threads)
     report = dict(threads=args.threads, machine=dict(cpus=os.cpu_count()))
     print(f"CTC loss, float32, {args.threads} threads; median of {args.repeats} interleaved runs (ms); "
           f"ratio = fastest peer / ctckit")

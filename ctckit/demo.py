@@ -259,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int_option(1), default=32, help="images per step (default 32)")
     parser.add_argument("--seed", type=SEED, default=0, help="random seed of the model and the data (default 0)")
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for the PNGs (default demo-out)")
-    parser.add_argument("--threads", type=int_option(1), default=threads, help=f"CPU threads (default {threads})")
+    parser.add_argument("--threads", type=int_option(1, 256), default=threads, help=f"CPU threads (default {threads})")
     parser.add_argument("--val", type=int_option(1), default=256, help="validation images (default 256)")
     parser.add_argument("--compare-torch", action="store_true",
                         help="also train the same model with torch's ctc_loss, the two alternating step by step, "
@@ -271,14 +271,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     require("demo", ["torch", "PIL", "matplotlib"] + ([] if args.no_progress else ["tqdm"]), "demo")
-    import numba
     import torch
     import torch.nn.functional as F
 
+    import ctckit
     import ctckit.torch as ct
 
     torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    ctckit.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     ours = ct.CTCLoss(blank=BLANK, zero_infinity=True)
     ours.name = "ctckit"

@@ -493,3 +493,30 @@ def test_a_compiled_function_called_through_its_address():
     assert caller(address, values, 0.5, np.int64(3)) == (3.5, 2)
     with pytest.raises(ValueError, match="negative factor"):
         caller(address, values, -1.0, np.int64(0))
+
+
+@pytest.mark.parametrize("frames,classes,length", [(20, 4, 4), (60, 8, 20), (800, 6, 300), (40, 50, 10), (700, 40, 300)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_classes_no_target_uses_do_not_influence_anything(frames, classes, length, dtype):
+    """Whatever finite (or infinite, or NaN) value a class that no target uses holds, the
+    loss and the gradient are those of the clean input, bit for bit, in both paths: with
+    fewer classes than labels (whole rows exponentiated) and more (labels gathered), one
+    scale per row and blocks."""
+    rng = np.random.default_rng(frames + classes)
+    lp = log_softmax(rng.standard_normal((frames, 2, classes))).astype(dtype)
+    used = [1, 2, 3] if classes > 4 else [1, 2]
+    targets = rng.choice(used, (2, length))
+    unused = [c for c in range(1, classes) if c not in used]
+    expected = (cn.ctc_loss(lp, targets, [frames] * 2, [length] * 2, reduction="none"),
+                *cn.ctc_loss_and_grad(lp, targets, [frames] * 2, [length] * 2, reduction="none"))
+    assert np.isfinite(expected[0]).all()
+    np.testing.assert_allclose(expected[0], ref.batch_nll(lp.astype(np.float64), [list(t) for t in targets], [frames] * 2),
+                               rtol=1e-5 if dtype == np.float32 else 1e-12)
+    for value in (1e4, 1e12, 1e20, 1e30, np.finfo(dtype).max, np.inf, np.nan):
+        poisoned = lp.copy()
+        poisoned[frames // 2, :, unused[-1]] = value
+        poisoned[rng.integers(0, frames, frames // 3), 0, unused[0]] = value
+        got = (cn.ctc_loss(poisoned, targets, [frames] * 2, [length] * 2, reduction="none"),
+               *cn.ctc_loss_and_grad(poisoned, targets, [frames] * 2, [length] * 2, reduction="none"))
+        for a, b in zip(got, expected):
+            assert a.tobytes() == b.tobytes(), value

@@ -30,9 +30,9 @@ def test_kernels_are_cached_on_disk(tmp_path):
     # Viterbi kernel, which compiles in seconds (the loss kernels take about a minute cold).
     code = """
         import ctckit.numpy
-        from ctckit._core.align import viterbi_batch
+        from ctckit._core.align import _viterbi_items
         ctckit.numpy.forced_align([[0.0, -1.0]] * 3, [1], 3, 1)
-        print(sum(viterbi_batch.stats.cache_hits.values()), sum(viterbi_batch.stats.cache_misses.values()))
+        print(sum(_viterbi_items.stats.cache_hits.values()), sum(_viterbi_items.stats.cache_misses.values()))
     """
     first = _run(code, NUMBA_CACHE_DIR=str(tmp_path))
     second = _run(code, NUMBA_CACHE_DIR=str(tmp_path))
@@ -61,7 +61,7 @@ def test_the_loss_compiles_each_round_when_first_needed_and_caches_it(tmp_path):
 def test_every_batch_kernel_caches_to_disk():
     from ctckit._core import align, beam, loss
 
-    kernels = [loss.loss_batch, loss.gradient_batch, loss.scatter_posteriors, align.viterbi_batch, beam.beam_search_batch,
+    kernels = [loss.loss_items, loss.gradient_items, loss._scatter_frames, align._viterbi_items, beam.beam_search_batch,
                *loss._LOSS_ROUNDS, *loss._GRADIENT_ROUNDS]
     for kernel in kernels:
         assert type(kernel._cache).__name__ != "NullCache", kernel.py_func.__name__

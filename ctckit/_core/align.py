@@ -17,17 +17,22 @@ paths the chosen one enters each state as *early* as possible.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .config import NJIT, PARALLEL
+from .. import _pool
+from .config import NJIT
+from .intrinsics import is_set
 
 _NEG_INF = -np.inf
+CANCEL_FRAMES = 64
+"""The Viterbi pass checks its cancel flag every this many frames."""
 
 
 @njit(**NJIT)
-def _viterbi_item(log_probs, n, frames, blank, labels, alignment, scores):
+def _viterbi_item(log_probs, n, frames, blank, labels, alignment, scores, cancel):
     """Fill ``alignment[:frames]`` and ``scores[:frames]`` for item n; returns the best
-    path's log-probability (-inf when every path has a zero probability)."""
+    path's log-probability (-inf when every path has a zero probability), or NaN when
+    ``cancel[0]`` was set before it finished."""
     length = labels.shape[0]
     width = 2 * length + 1
     back = np.empty((frames, width), dtype=np.int8)
@@ -38,6 +43,8 @@ def _viterbi_item(log_probs, n, frames, blank, labels, alignment, scores):
         prev[1] = np.float64(log_probs[0, n, labels[0]])
     back[0, :] = 0
     for t in range(1, frames):
+        if t % CANCEL_FRAMES == 0 and is_set(cancel):
+            return np.nan
         for s in range(width):
             best = prev[s]
             step = 0
@@ -65,15 +72,30 @@ def _viterbi_item(log_probs, n, frames, blank, labels, alignment, scores):
     return best
 
 
-@njit(**PARALLEL)
+VITERBI_NS = 3.0
+"""Estimated ns per cell (frame times state) of the Viterbi pass and its trace-back."""
+
+
 def viterbi_batch(log_probs, targets, offsets, input_lengths, target_lengths, blank, alignments, scores, best):
-    """Forced alignment of every item, in parallel. ``alignments`` (N, T) int64 filled with
-    -1 and ``scores`` (N, T) zeros on entry; ``best[n]`` receives the path's log-probability.
-    Inputs must be validated and every item feasible (T_n >= L_n + repeats)."""
-    for n in prange(best.shape[0]):
+    """Forced alignment of every item, in parallel (:mod:`ctckit._pool`). ``alignments``
+    (N, T) int64 filled with -1 and ``scores`` (N, T) zeros on entry; ``best[n]`` receives
+    the path's log-probability. Inputs must be validated and every item feasible
+    (T_n >= L_n + repeats)."""
+    task = lambda chunk, cancel: _viterbi_items(chunk, cancel, log_probs, targets, offsets, input_lengths, target_lengths, blank,
+                                                alignments, scores, best)
+    _pool.run(task, VITERBI_NS * input_lengths * (2.0 * target_lengths + 1.0))
+
+
+@njit(**NJIT)
+def _viterbi_items(items, cancel, log_probs, targets, offsets, input_lengths, target_lengths, blank, alignments, scores, best):
+    """:func:`viterbi_batch` over the item indices ``items``, until ``cancel[0]`` is set."""
+    for i in range(items.shape[0]):
+        if is_set(cancel):
+            return
+        n = items[i]
         frames = input_lengths[n]
         labels = targets[offsets[n]:offsets[n] + target_lengths[n]]
         if frames == 0:
             best[n] = 0.0 if labels.shape[0] == 0 else _NEG_INF
             continue
-        best[n] = _viterbi_item(log_probs, np.int64(n), frames, blank, labels, alignments[n], scores[n])
+        best[n] = _viterbi_item(log_probs, n, frames, blank, labels, alignments[n], scores[n], cancel)

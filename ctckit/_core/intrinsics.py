@@ -144,6 +144,28 @@ def call_compiled(typingctx, result, address, arguments):
     return return_type(result, address, arguments), codegen
 
 
+@intrinsic
+def is_set(typingctx, flag):
+    """Whether ``flag[0]`` (an integer array) is nonzero, read with an atomic load.
+
+    A flag that another thread sets while a kernel runs (:mod:`ctckit._pool`'s cancel
+    flag): a plain load inside a loop may be hoisted out of it by LLVM, since nothing in
+    the loop writes the flag, and the kernel would never see it change. An atomic
+    (monotonic) load is read again every time; on x86 it is an ordinary ``mov``.
+    """
+    if not (isinstance(flag, types.Array) and isinstance(flag.dtype, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        array = context.make_array(sig.args[0])(context, builder, args[0])
+        kind = context.get_value_type(sig.args[0].dtype)
+        pointer = builder.bitcast(array.data, kind.as_pointer())
+        value = builder.load_atomic(pointer, "monotonic", context.get_abi_sizeof(kind))
+        return builder.icmp_signed("!=", value, kind(0))
+
+    return types.boolean(flag), codegen
+
+
 if config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1, used to check the kernels' logic)
     def prefetch(array, i, j, k):
         """No-op: a hint only."""
@@ -166,3 +188,7 @@ if config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1, used to check the k
     def call_compiled(result, function, arguments):
         """``function(*arguments)``: here the "address" is the Python function itself."""
         return function(*arguments)
+
+    def is_set(flag):
+        """Whether ``flag[0]`` is nonzero."""
+        return bool(flag[0])

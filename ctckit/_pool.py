@@ -1,0 +1,223 @@
+"""ctckit's own pool of threads: it runs the Numba kernels over the items of a batch.
+
+The kernels are serial ``nogil`` functions over a list of items (the items of a batch, or
+the frames of the gradient's scatter). This module cuts the list into chunks and runs them
+on a few Python threads, which release the GIL inside the kernels, and on the calling
+thread. It replaces Numba's ``parallel=True``, which a library cannot use safely in a
+user's process:
+
+- **fork**: Numba's OpenMP layer kills a child made by ``os.fork`` (a fork ``Pool``, a
+  ``DataLoader`` worker) that runs a parallel kernel after its parent did ("fork() called
+  from a process already using GNU OpenMP", even with one thread), and its TBB layer needs
+  a library that has no wheel on several platforms and that a virtual environment does not
+  put on the loader's path. Threads do not survive a fork: the child starts its own pool
+  when it first needs one (``os.register_at_fork``).
+- **Ctrl-C**: Python handles a signal only between bytecodes of the main thread, so a
+  kernel that holds the calling thread for seconds answers Ctrl-C seconds late. Here the
+  calling thread only runs chunks that are estimated to be short (``CALLER_CHUNK_COST``);
+  for the rest it waits on a lock, which a signal interrupts. On ``KeyboardInterrupt`` (or
+  any exception) it raises the job's cancel flag, which the kernels read between items and
+  every few frames (:func:`ctckit._core.intrinsics.is_set`), and re-raises.
+- **threads**: any number of Python threads may call ctckit at once; their jobs share the
+  pool, and each caller also works on its own job.
+
+Every item is computed by the same code whichever thread runs it, and writes only its own
+slice of the outputs, so results are bitwise identical whatever the thread count.
+
+Costs are estimates in nanoseconds of one core (a kernel's cells times a few ns); they
+only decide how to split the work, never what is computed.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import queue
+import threading
+from typing import Callable
+
+import numpy as np
+
+SERIAL_COST = 150_000
+"""Work estimated below this (ns) runs on the calling thread alone: handing a chunk to a
+worker and back costs about 50 us (two thread wake-ups), more than it saves."""
+CALLER_CHUNK_COST = 20_000_000
+"""The calling thread takes only chunks estimated below this (20 ms), so that it answers
+Ctrl-C within a fraction of a second; longer chunks go to the workers."""
+CHUNKS_PER_THREAD = 4
+"""Chunks per thread: fewer cost less to hand out, more balance unequal items better."""
+MAX_THREADS = 256
+
+Task = Callable[[np.ndarray, np.ndarray], None]
+"""``task(items, cancel)``: run the kernel over ``items`` (int64 indices), stopping early
+once ``cancel[0]`` is nonzero."""
+
+
+def _default_threads() -> int:
+    setting = os.environ.get("CTCKIT_NUM_THREADS")
+    if setting:
+        try:
+            return max(1, min(MAX_THREADS, int(setting)))
+        except ValueError:
+            pass
+    try:
+        return max(1, min(MAX_THREADS, len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):
+        return max(1, min(MAX_THREADS, os.cpu_count() or 1))
+
+
+_state_lock = threading.Lock()
+_threads = _default_threads()
+_workers: list[threading.Thread] = []
+_jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+
+def get_num_threads() -> int:
+    """How many threads ctckit's kernels use (the calling thread included)."""
+    return _threads
+
+
+def set_num_threads(threads: int) -> None:
+    """Use ``threads`` threads for ctckit's kernels (default: the CPUs this process may run
+    on, or the ``CTCKIT_NUM_THREADS`` environment variable). Results do not depend on it."""
+    global _threads
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an int, got {type(threads).__name__}")
+    threads = operator.index(threads)
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be in [1, {MAX_THREADS}], got {threads}")
+    _threads = threads
+
+
+def _reset_after_fork() -> None:
+    """In a forked child: the workers did not survive the fork, and a lock may have been
+    held by one of them; start afresh (the configured thread count is kept)."""
+    global _state_lock, _workers, _jobs
+    _state_lock = threading.Lock()
+    _workers = []
+    _jobs = queue.SimpleQueue()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _work_forever(jobs: queue.SimpleQueue) -> None:
+    while True:
+        jobs.get().work(caller=False)
+
+
+def _start_workers(count: int) -> None:
+    with _state_lock:
+        while len(_workers) < count:
+            worker = threading.Thread(target=_work_forever, args=(_jobs,), name=f"ctckit-{len(_workers)}", daemon=True)
+            worker.start()
+            _workers.append(worker)
+
+
+class _Job:
+    """The chunks of one call, largest first: workers take them from the front, the
+    calling thread from the back, and only those before ``caller_floor``... after it."""
+
+    def __init__(self, task: Task, chunks: list, caller_floor: int):
+        self.task = task
+        self.chunks = chunks
+        self.front, self.back = 0, len(chunks)
+        self.caller_floor = caller_floor  # the caller takes only chunks[caller_floor:]
+        self.unfinished = len(chunks)
+        self.lock = threading.Lock()
+        self.finished = threading.Lock()
+        self.finished.acquire()
+        self.cancel = np.zeros(1, dtype=np.int64)
+        self.error: BaseException | None = None
+
+    def _claim(self, caller: bool):
+        with self.lock:
+            if self.cancel[0]:
+                self._drop_unclaimed()
+                return None
+            if self.front >= self.back or (caller and self.back <= self.caller_floor):
+                return None
+            if caller:
+                self.back -= 1
+                return self.chunks[self.back]
+            self.front += 1
+            return self.chunks[self.front - 1]
+
+    def _drop_unclaimed(self) -> None:
+        """Count the chunks nobody took as finished (the job is cancelled); under the lock."""
+        dropped = self.back - self.front
+        self.front = self.back
+        self._finish(dropped)
+
+    def _finish(self, count: int) -> None:
+        """``count`` more chunks are done; under the lock."""
+        if count:
+            self.unfinished -= count
+            if self.unfinished == 0:
+                self.finished.release()
+
+    def work(self, caller: bool) -> None:
+        while (chunk := self._claim(caller)) is not None:
+            try:
+                self.task(chunk, self.cancel)
+            except BaseException as error:  # kept for the caller, which re-raises it
+                if self.error is None:
+                    self.error = error
+                self.cancel[0] = 1
+            finally:
+                with self.lock:
+                    self._finish(1)
+
+    def stop(self) -> None:
+        """Cancel: the kernels stop at their next check, nobody takes another chunk."""
+        self.cancel[0] = 1
+        with self.lock:
+            self._drop_unclaimed()
+
+
+def _split(costs: np.ndarray, threads: int) -> tuple[list, int]:
+    """Chunks of item indices, largest items first, each about ``total / (threads *
+    CHUNKS_PER_THREAD)``, and the index of the first chunk short enough for the caller."""
+    order = np.argsort(-costs, kind="stable")
+    running = np.cumsum(costs[order])
+    total = float(running[-1])
+    pieces = min(order.shape[0], threads * CHUNKS_PER_THREAD)
+    cuts = np.searchsorted(running, total * np.arange(1, pieces) / pieces, side="left") + 1
+    cuts = np.unique(np.clip(cuts, 1, order.shape[0] - 1)) if pieces > 1 else np.zeros(0, dtype=np.int64)
+    chunks = np.split(order, cuts)
+    ends = np.append(cuts, order.shape[0]) - 1
+    chunk_costs = np.diff(np.concatenate(([0.0], running[ends])))
+    too_long = np.flatnonzero(chunk_costs > CALLER_CHUNK_COST)
+    return chunks, int(too_long[-1]) + 1 if too_long.size else 0
+
+
+def run(task: Task, costs: np.ndarray) -> None:
+    """Run ``task`` over every item (``len(costs)`` of them, ``costs[n]`` the estimated ns
+    of item n), in parallel; return when all are done. Raises what a task raised, and
+    ``KeyboardInterrupt`` (after cancelling the rest) when it arrives meanwhile."""
+    size = costs.shape[0]
+    if size == 0:
+        return
+    total = float(costs.sum())
+    threads = _threads
+    if total <= SERIAL_COST or (threads == 1 and total <= CALLER_CHUNK_COST) or (size == 1 and total <= CALLER_CHUNK_COST):
+        cancel = np.zeros(1, dtype=np.int64)
+        task(np.arange(size, dtype=np.int64), cancel)
+        return
+    chunks, caller_floor = _split(costs, threads)
+    job = _Job(task, chunks, caller_floor)
+    helpers = min(len(chunks), threads if caller_floor > 0 else threads - 1)
+    _start_workers(helpers)
+    for _ in range(helpers):
+        _jobs.put(job)
+    try:
+        job.work(caller=True)
+        while not job.finished.acquire(timeout=0.1):
+            pass
+    except BaseException:
+        job.stop()
+        job.finished.acquire(timeout=0.5)  # the kernels stop within milliseconds; do not hang on one that does not
+        raise
+    if job.error is not None:
+        raise job.error
