@@ -277,6 +277,23 @@ def _hotword_tuples(hotwords, classes: int, blank: int) -> list[tuple]:
     return words
 
 
+def _check_work(size: int, frames: int, classes: int, beam_width: int, top_k: int, in_python: bool) -> None:
+    """Refuse a search that could need more than :data:`MAX_BEAM_SEARCH_BYTES`, saying which width fits."""
+    need = beam_search_bytes(size, frames, classes, beam_width, top_k, in_python)
+    if need <= MAX_BEAM_SEARCH_BYTES:
+        return
+    fits = lambda width: beam_search_bytes(size, frames, classes, width, min(top_k, width), in_python) <= MAX_BEAM_SEARCH_BYTES
+    low, high = 0, beam_width  # the widest beam that fits: fits(low), not fits(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    advice = f"lower beam_width (at most {low} fits, with top_k <= beam_width) or top_k" if low else "split the batch"
+    raise CTCInputError(
+        f"beam_search with beam_width = {beam_width} and top_k = {top_k} on N = {size} items of up to T = {frames} "
+        f"frames and C = {classes} classes could need {need / 2**30:.2f} GiB, more than the "
+        f"{MAX_BEAM_SEARCH_BYTES / 2**30:.0f} GiB limit: {advice}")
+
+
 def beam_search(log_probs, input_lengths=None, beam_width=16, blank=0, top_k=1, *, token_min_log_prob=-10.0,
                 beam_prune_log_prob=-20.0, lm: LanguageModel | None = None, lm_weight=0.5, hotwords: Sequence[Sequence[int]] | None = None,
                 hotword_weight=2.0):
@@ -286,7 +303,8 @@ def beam_search(log_probs, input_lengths=None, beam_width=16, blank=0, top_k=1, 
     could never keep more), and ``top_k`` to ``beam_width``. A call whose worst-case memory
     (:func:`beam_search_bytes`) exceeds :data:`MAX_BEAM_SEARCH_BYTES` raises
     :class:`ctckit.CTCInputError` before anything is allocated. NaN or ``+inf`` on a used
-    frame raises too; ``-inf`` (a masked class) is fine.
+    frame raises too; ``-inf`` (a masked class) is fine. The core reads C-contiguous float32
+    or float64 arrays: any other ``log_probs`` is copied first (each item's used frames).
     """
     array, batched, compute = batched_log_probs(log_probs)
     frames, size, classes = array.shape
@@ -308,19 +326,8 @@ def beam_search(log_probs, input_lengths=None, beam_width=16, blank=0, top_k=1, 
     longest = int(lengths.max())
     beam_width = min(beam_width, prefix_count(classes - 1, longest, beam_width))
     top_k = min(top_k, beam_width)
-    need = beam_search_bytes(size, longest, classes, beam_width, top_k, in_python)
-    if need > MAX_BEAM_SEARCH_BYTES:
-        fits = lambda width: beam_search_bytes(size, longest, classes, width, min(top_k, width), in_python) <= MAX_BEAM_SEARCH_BYTES
-        low, high = 0, beam_width  # the widest beam that fits: fits(low), not fits(high)
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (middle, high) if fits(middle) else (low, middle)
-        advice = f"lower beam_width (at most {low} fits, with top_k <= beam_width) or top_k" if low else "split the batch"
-        raise CTCInputError(
-            f"beam_search with beam_width = {beam_width} and top_k = {top_k} on N = {size} items of up to T = {longest} "
-            f"frames and C = {classes} classes could need {need / 2**30:.2f} GiB, more than the "
-            f"{MAX_BEAM_SEARCH_BYTES / 2**30:.0f} GiB limit: {advice}")
-    array = kernel_array(array, lengths, compute, contiguous=True)  # the core is compiled for one layout
+    _check_work(size, longest, classes, beam_width, top_k, in_python)
+    array = kernel_array(array, lengths, compute, contiguous=True)  # the core is compiled for two signatures only
     for n in range(size):
         _refuse_non_log_probs(array, n, lengths[n])
     if not in_python:
