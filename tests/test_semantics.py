@@ -1,5 +1,6 @@
 """Edge semantics: masks, NaN, infeasible targets, padding, dtypes, non-contiguous inputs."""
 
+import ml_dtypes  # in the test extra
 import numpy as np
 import pytest
 import torch
@@ -164,3 +165,106 @@ def test_double_backward_raises_a_clear_error(rng):
     grad, = torch.autograd.grad(ct.ctc_loss(lp, targets, il, tl, case.blank), lp, create_graph=True)
     with pytest.raises(RuntimeError, match="does not support double backward"):
         grad.pow(2).sum().backward()
+
+
+def _plain_and_lazy(case):
+    """Index tensors, and the same with the negative bit set (``neg()._neg_view()`` reads as
+    the same values, its memory holds their negatives)."""
+    plain = _padded(case)
+    lazy = tuple(t.neg()._neg_view() for t in plain)
+    assert all(t.is_neg() for t in lazy) and all(torch.equal(a, b) for a, b in zip(plain, lazy))
+    return plain, lazy
+
+
+def test_tensors_with_the_negative_bit_are_read_by_value(rng):
+    case = random_case(rng, frames=15, batch=3, classes=6)
+    (targets, il, tl), lazy_indices = _plain_and_lazy(case)
+    base = torch.tensor(case.log_probs)
+    expected_leaf = base.clone().requires_grad_()
+    expected = ct.ctc_loss(expected_leaf, targets, il, tl, case.blank, "sum")
+    expected.backward()
+    leaf = base.clone().requires_grad_()
+    lazy_log_probs = leaf.neg()._neg_view()  # the values of base, the bit set
+    assert lazy_log_probs.is_neg()
+    loss = ct.ctc_loss(lazy_log_probs, *lazy_indices, case.blank, "sum")
+    loss.backward()
+    assert loss.item() == expected.item()
+    torch.testing.assert_close(leaf.grad, expected_leaf.grad, rtol=0, atol=0)
+    with torch.no_grad():
+        assert ct.ctc_loss(lazy_log_probs, *lazy_indices, case.blank, "sum").item() == expected.item()
+    posteriors = ct.ctc_posteriors(base.neg()._neg_view(), *lazy_indices, case.blank)
+    torch.testing.assert_close(posteriors, ct.ctc_posteriors(base, targets, il, tl, case.blank))
+    aligned = ct.forced_align(base.neg()._neg_view(), *lazy_indices, case.blank) if tl.max() * 2 <= il.min() else None
+    if aligned is not None:
+        torch.testing.assert_close(aligned[0], ct.forced_align(base, targets, il, tl, case.blank)[0])
+
+
+@pytest.mark.parametrize("dtype", ["<i8", ">i8", ">i4", "<u8", ">u8", "u4", "u1", "i2"])
+def test_index_arrays_of_any_integer_dtype_and_byte_order(dtype, rng):
+    """NumPy index arrays in any byte order and integer width, through both frontends
+    (torch.from_numpy takes neither big-endian nor, before torch 2.3, uint64 arrays)."""
+    case = random_case(rng, frames=12, batch=3, classes=5)
+    expected = cn.ctc_loss(case.log_probs, case.padded, case.input_lengths, case.target_lengths, case.blank, "none")
+    padding = case.padded.copy()
+    padding[padding < 0] = 0  # unsigned types: garbage padding made non-negative
+    arrays = [a.astype(dtype) for a in (padding, case.input_lengths, case.target_lengths)]
+    assert all(a.dtype == np.dtype(dtype) for a in arrays)
+    np.testing.assert_array_equal(cn.ctc_loss(case.log_probs, *arrays, case.blank, "none"), expected)
+    lp = torch.tensor(case.log_probs, requires_grad=True)
+    expected_torch = ct.ctc_loss(lp, *_padded(case), case.blank, "none")  # with the gradient: same path
+    torch.testing.assert_close(ct.ctc_loss(lp, *arrays, case.blank, "none"), expected_torch, rtol=0, atol=0)
+    concatenated = case.concatenated.astype(dtype)
+    torch.testing.assert_close(ct.ctc_loss(lp, concatenated, *arrays[1:], case.blank, "none"), expected_torch, rtol=0, atol=0)
+
+
+ML_DTYPES = ["bfloat16", "float8_e4m3fn", "float8_e5m2"]
+
+
+@pytest.mark.parametrize("name", ML_DTYPES)
+def test_numpy_frontend_takes_ml_dtypes_floats_and_computes_in_float32(name, rng):
+    dtype = np.dtype(getattr(ml_dtypes, name))
+    case = random_case(rng, frames=20, batch=3, classes=6)
+    low = case.log_probs.astype(dtype)
+    args = (case.padded, case.input_lengths, case.target_lengths, case.blank)
+    loss, grad = cn.ctc_loss_and_grad(low, *args, reduction="sum")
+    as_float32 = low.astype(np.float32)
+    expected_loss, expected_grad = cn.ctc_loss_and_grad(as_float32, *args, reduction="sum")
+    assert loss.dtype == dtype and grad.dtype == dtype and grad.shape == case.shape
+    assert loss == expected_loss.astype(dtype)
+    np.testing.assert_array_equal(grad, expected_grad.astype(dtype))
+    assert cn.ctc_loss(low, *args, reduction="sum") == loss
+    assert float(loss) == pytest.approx(ref.batch_nll(as_float32.astype(np.float64), case.labels, case.input_lengths,
+                                                      case.blank).sum(), rel=0.07)  # float8_e4m3fn: 3 mantissa bits
+
+
+def test_other_ml_dtypes_and_non_float_log_probs_raise_type_error():
+    for dtype in (ml_dtypes.int4, np.int64, np.complex64, np.bool_, "U3"):
+        with pytest.raises(TypeError, match=r"log_probs must be a floating-point array"):
+            cn.ctc_loss(np.zeros((4, 1, 3)).astype(dtype), [[1]], [4], [1])
+
+
+def test_ctckit_does_not_import_ml_dtypes():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, ctckit.numpy as cn\n"
+            "cn.ctc_loss(np.log(np.full((4, 1, 3), 1 / 3)), [[1]], [4], [1])\n"
+            "print('ml_dtypes' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"
+
+
+def test_torch_decoders_take_lists_and_arrays_of_indices(rng):
+    case = random_case(rng, frames=16, batch=3, classes=5)
+    lp = torch.tensor(case.log_probs)
+    tensors = _padded(case)
+    expected = ct.ctc_posteriors(lp, *tensors, case.blank)
+    for form in (lambda t: t.tolist(), lambda t: t.numpy(), lambda t: t.numpy().astype(">i4")):
+        torch.testing.assert_close(ct.ctc_posteriors(lp, *map(form, tensors), case.blank), expected, rtol=0, atol=0)
+        assert ct.greedy_decode(lp, form(tensors[1]), case.blank) == ct.greedy_decode(lp, tensors[1], case.blank)
+        assert ct.beam_search(lp, form(tensors[1]), 4, case.blank) == ct.beam_search(lp, tensors[1], 4, case.blank)
+    feasible = [n for n in range(3) if 2 * case.target_lengths[n] <= case.input_lengths[n]]
+    sub = (tensors[0][feasible], tensors[1][feasible], tensors[2][feasible])
+    alignments, scores = ct.forced_align(lp[:, feasible], *(t.tolist() for t in sub), case.blank)
+    torch.testing.assert_close(alignments, ct.forced_align(lp[:, feasible], *sub, case.blank)[0])

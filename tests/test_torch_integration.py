@@ -33,6 +33,18 @@ def test_opcheck(classes, concatenated, torch_grad, need_grad):
     torch.library.opcheck(_ctc_loss_op, (lp, targets, il, tl, 0, torch_grad, need_grad))
 
 
+@pytest.mark.parametrize("classes", [6, 40])  # dense and compact saved state
+@pytest.mark.parametrize("torch_grad", [False, True])
+def test_opcheck_gradient_operator(classes, torch_grad):
+    from ctckit.torch import _gradient_op
+
+    x, targets, il, tl = _problem(classes=classes)
+    _, saved = _ctc_loss_op(x.log_softmax(2), targets, il, tl, 0, torch_grad, True)
+    assert saved.dim() == 1  # flat, whichever kind: no shape guard under torch.compile
+    scale = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    torch.library.opcheck(_gradient_op, (saved, targets, il, tl, scale, 0, 20, classes, torch_grad))
+
+
 class TinyModel(torch.nn.Module):
     def __init__(self, classes, reduction="mean", zero_infinity=False):
         super().__init__()
@@ -68,20 +80,32 @@ def test_compile_with_inductor_matches_eager():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_changing_shapes_do_not_recompile_every_call():
-    # (The saved state is compact when len(targets) + N < N * C: a shape guard that gives
-    # at most one more graph if a batch crosses it. Here C = 12 keeps every batch compact.)
+# (T, N, S) with C = 12: padded targets keep compact posteriors when N * S + N < N * C, that
+# is S <= 10, else the dense gradient. The shapes cross that line back and forth.
+CROSSING_SHAPES = [(20, 3, 5), (24, 4, 14), (30, 2, 7), (17, 5, 15), (40, 3, 9), (33, 6, 12)]
+
+
+@pytest.mark.parametrize("dynamic,most_graphs", [(None, 2), (True, 1)])
+def test_changing_shapes_do_not_recompile_every_call(dynamic, most_graphs):
+    # What the forward keeps (compact posteriors or the dense gradient, whichever is
+    # smaller) is chosen inside the operators, so it is no shape guard: one static graph,
+    # then one dynamic graph for every later shape (one graph with dynamic=True).
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     model = TinyModel(12)
-    compiled = torch.compile(model, fullgraph=True, backend=counter)
-    shapes = [(20, 3, 5), (24, 4, 6), (30, 2, 7), (17, 5, 4), (40, 3, 9)]
-    for seed, (frames, batch, max_target) in enumerate(shapes):
+    compiled = torch.compile(model, fullgraph=True, backend=counter, dynamic=dynamic)
+    kinds = set()
+    for seed, (frames, batch, max_target) in enumerate(CROSSING_SHAPES):
         x, targets, il, tl = _problem(frames, batch, 12, max_target, seed=seed)
+        kinds.add(ct._saved_kind((frames, batch, 12), targets.numel(), False, True))
         loss = compiled(x, targets, il, tl)
-        torch.testing.assert_close(loss, model(x, targets, il, tl), rtol=1e-12, atol=1e-12)
-        loss.backward()
-    assert counter.frame_count <= 2, f"compiled {counter.frame_count} times for {len(shapes)} shapes"
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        expected = model(x, targets, il, tl)
+        torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+        for got, want in zip(grads, torch.autograd.grad(expected, list(model.parameters()))):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert kinds == {"compact", "dense"}
+    assert counter.frame_count <= most_graphs, f"compiled {counter.frame_count} graphs for {len(CROSSING_SHAPES)} shapes"
 
 
 def test_export_gives_the_same_loss():

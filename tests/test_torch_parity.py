@@ -1,5 +1,7 @@
 """ctckit.torch against torch.nn.functional.ctc_loss and the float64 reference."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +134,78 @@ def test_seed_example_runs_and_matches_torch(backend):
     torch.testing.assert_close(loss.cpu(), expected)
     grad, = torch.autograd.grad(expected, log_probs)
     torch.testing.assert_close(log_probs.grad, grad, rtol=1e-5, atol=1e-7)
+
+
+def _length_forms(values):
+    """Every form torch's ctc_loss takes for N lengths, by name (it flattens tensors)."""
+    tensor = torch.tensor(values)
+    forms = {"(N,)": tensor, "(N, 1)": tensor.reshape(-1, 1), "(1, N)": tensor.reshape(1, -1),
+             "(N, 1, 1)": tensor.reshape(-1, 1, 1),
+             "list": list(values), "tuple": tuple(values)}
+    if len(values) == 1:
+        forms["0-d"] = tensor.reshape(())
+    return forms
+
+
+def _target_forms(labels, width, batched):
+    """Targets in every layout: padded rows (garbage padding), concatenated, (1, S) and (S,)."""
+    padded = torch.full((len(labels), width), 3, dtype=torch.long)
+    for n, row in enumerate(labels):
+        padded[n, : len(row)] = torch.tensor(row, dtype=torch.long)
+    forms = {"padded": padded, "concatenated": torch.tensor([c for row in labels for c in row], dtype=torch.long)}
+    if not batched:
+        forms = {"(1, S)": padded, "(S,)": forms["concatenated"]}
+    return forms
+
+
+PROBLEMS = {  # (T, N or None for unbatched, C, labels, input lengths)
+    "batch of three": (12, 3, 5, [[1, 2, 2], [4], [3, 1]], [12, 9, 7]),
+    "batch of one": (10, 1, 4, [[1, 2, 3]], [9]),
+    "unbatched": (10, None, 4, [[2, 1, 1]], [10]),
+}
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_every_form_of_targets_and_lengths_torch_accepts(problem):
+    """Each combination of layouts that torch's ctc_loss accepts gives torch's losses and
+    logit gradients here; torch flattens length tensors, so (N, 1) from a DataLoader that
+    stacks (1,)-shaped lengths, (1, N) and 0-d ones for a batch of one are fine."""
+    frames, size, classes, labels, input_lengths = PROBLEMS[problem]
+    batched = size is not None
+    logits = torch.randn(frames, size or 1, classes, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    if not batched:
+        logits = logits[:, 0]
+    accepted = []
+    for (t_name, targets), (i_name, il), (l_name, tl) in itertools.product(
+            _target_forms(labels, 4, batched).items(), _length_forms(input_lengths).items(),
+            _length_forms([len(row) for row in labels]).items()):
+        leaf = logits.clone().requires_grad_()
+        try:
+            expected = F.ctc_loss(leaf.log_softmax(-1), targets, il, tl, 0, "none")
+        except (TypeError, RuntimeError):
+            continue  # torch refuses this combination (e.g. mixed tensors and lists)
+        accepted.append((t_name, i_name, l_name))
+        upstream = torch.linspace(0.5, 2.0, expected.numel(), dtype=torch.float64).reshape(expected.shape)
+        expected_grad, = torch.autograd.grad(expected, leaf, upstream)
+        leaf = logits.clone().requires_grad_()
+        loss = ct.ctc_loss(leaf.log_softmax(-1), targets, il, tl, 0, "none")
+        grad, = torch.autograd.grad(loss, leaf, upstream)
+        torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12, msg=f"{t_name} {i_name} {l_name}")
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
+        mean = ct.CTCLoss(reduction="mean")(logits.log_softmax(-1), targets, il, tl)
+        torch.testing.assert_close(mean, F.ctc_loss(logits.log_softmax(-1), targets, il, tl), rtol=1e-12, atol=1e-12)
+    names = {name for triple in accepted for name in triple}
+    assert {"(N, 1)", "(1, N)", "(N, 1, 1)", "list", "tuple"} <= names
+    assert ("0-d" in names) == (len(labels) == 1)
+    assert {"padded", "concatenated"} <= names if batched else {"(1, S)", "(S,)"} <= names
+
+
+def test_lengths_stacked_by_a_data_loader_from_one_element_tensors():
+    """A dataset that returns each length as a (1,) tensor: the DataLoader stacks them to (N, 1)."""
+    generator = torch.Generator().manual_seed(3)
+    samples = [(torch.randn(20, 6, generator=generator), torch.tensor([1, 2, 3, 4]), torch.tensor([20]), torch.tensor([4]))
+               for _ in range(4)]
+    x, targets, il, tl = torch.utils.data.default_collate(samples)
+    assert il.shape == (4, 1) and tl.shape == (4, 1)
+    log_probs = x.transpose(0, 1).log_softmax(2)  # (T, N, C)
+    torch.testing.assert_close(ct.CTCLoss()(log_probs, targets, il, tl), torch.nn.CTCLoss()(log_probs, targets, il, tl))
