@@ -207,12 +207,12 @@ def check_values(shapes: Shapes, targets: np.ndarray, input_lengths, target_leng
     what the kernels read, whatever the caller does with its own arrays meanwhile.
     """
     check_blank(blank, shapes.classes)
-    owned = {}
     for name, array in (("targets", targets), ("input_lengths", input_lengths), ("target_lengths", target_lengths)):
         if array.dtype.kind not in "iu":
             raise TypeError(f"{name} must have an integer dtype (int32 or int64), got {array.dtype}")
-        owned[name] = _owned_int64(array)
-    (flat, exact_targets), (input_lengths, exact_il), (target_lengths, exact_tl) = owned.values()
+    flat, exact_targets = _owned_int64(targets)
+    input_lengths, exact_il = _owned_int64(input_lengths)
+    target_lengths, exact_tl = _owned_int64(target_lengths)
     offsets = np.empty(shapes.batch, dtype=np.int64)
     width = shapes.max_target if shapes.padded else -1
     problem, n, k = validate.first_invalid(flat, input_lengths, target_lengths, shapes.frames, shapes.classes, blank, width,
@@ -227,9 +227,9 @@ def _owned_int64(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values above int64's range saturate in the kernel copy (every check rejects them,
     where they are read); messages print the exact copy."""
     if array.dtype.kind == "u" and array.dtype.itemsize == 8:
-        exact = np.array(array, dtype=np.uint64, order="C").reshape(-1)
+        exact = array.astype(np.uint64, order="C").reshape(-1)
         return np.minimum(exact, np.uint64(_INT64_MAX)).astype(np.int64), exact
-    copy = np.array(array, dtype=np.int64, order="C").reshape(-1)
+    copy = array.astype(np.int64, order="C").reshape(-1)  # astype copies, always
     return copy, copy
 
 

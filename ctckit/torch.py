@@ -298,8 +298,8 @@ def ctc_loss(
     input_lengths = _as_index_tensor(input_lengths, "input_lengths")
     target_lengths = _as_index_tensor(target_lengths, "target_lengths")
     shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
-    # lengths of any shape with N elements, as torch: (N,) from here on
-    input_lengths, target_lengths = input_lengths.reshape(-1), target_lengths.reshape(-1)
+    if input_lengths.dim() != 1 or target_lengths.dim() != 1:  # any shape with N elements, as torch: (N,) from here on
+        input_lengths, target_lengths = input_lengths.reshape(-1), target_lengths.reshape(-1)
 
     out_dtype = log_probs.dtype
     if _autocast(log_probs.device) and out_dtype in (torch.float16, torch.bfloat16):
