@@ -458,3 +458,21 @@ def test_torch_decoders_take_every_float_dtype_the_loss_takes(dtype, rng):
     same = lp.float()
     assert ct.greedy_decode(lp, [9, 6]) == ct.greedy_decode(same, [9, 6])
     assert ct.beam_search(lp, [9, 6], top_k=2) == ct.beam_search(same, [9, 6], top_k=2)
+
+
+def test_the_partial_selection_keeps_the_best_in_candidate_order(rng):
+    from ctckit._core.beam import _compact
+
+    patterns = [lambda size: rng.integers(0, 4, size), lambda size: rng.standard_normal(size), np.arange,
+                lambda size: -np.arange(size), lambda size: np.minimum(np.arange(size), size - np.arange(size)),
+                lambda size: np.arange(size) % 7, lambda size: np.zeros(size)]
+    for trial in range(300):
+        size = int(rng.integers(2, 400))
+        width = int(rng.integers(1, size))
+        totals = patterns[trial % len(patterns)](size).astype(np.float64)
+        best = sorted(range(size), key=lambda a: (-totals[a], a))[:width]  # ties to the earlier candidate
+        kept_totals, origins, labels = totals.copy(), np.arange(size), -np.arange(size)
+        threshold = _compact(kept_totals, origins, labels, size, width, np.empty(size))
+        assert origins[:width].tolist() == sorted(best) and labels[:width].tolist() == [-a for a in sorted(best)]
+        np.testing.assert_array_equal(kept_totals[:width], totals[sorted(best)])
+        assert threshold == totals[best[-1]]
