@@ -347,7 +347,7 @@ def _write_hypotheses(parent, last, beam_node, beam_b, beam_nb, beams, top_k, ou
 @njit(**PARALLEL)
 def beam_search_batch(log_probs, input_lengths, blank, beam_width, token_min_log_prob, beam_prune_log_prob, top_k,
                       out_labels, out_lengths, out_scores, found):
-    """Prefix beam search for every item, in parallel. ``out_labels`` (N, top_k, T) int64,
+    """Prefix beam search for every item, in parallel. ``out_labels`` (N, top_k, >= max(input_lengths)) int64,
     ``out_lengths`` (N, top_k), ``out_scores`` (N, top_k), ``found`` (N,): the number of
     hypotheses written for each item (fewer than ``top_k`` when fewer prefixes exist)."""
     for n in prange(found.shape[0]):
