@@ -108,6 +108,15 @@ def test_changing_shapes_do_not_recompile_every_call(dynamic, most_graphs):
     assert counter.frame_count <= most_graphs, f"compiled {counter.frame_count} graphs for {len(CROSSING_SHAPES)} shapes"
 
 
+def test_compile_takes_the_length_shapes_torch_takes():
+    x, targets, il, tl = _problem()
+    model = TinyModel(6)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, targets, il[:, None], tl[:, None]), model(x, targets, il, tl), rtol=0, atol=0)
+    one = (x[:, :1], targets[0, : tl[0]], il[0], tl[0])  # a batch of one: 0-d lengths, concatenated targets
+    torch.testing.assert_close(compiled(*one), model(x[:, :1], targets[:1], il[:1], tl[:1]), rtol=1e-12, atol=1e-12)
+
+
 def test_export_gives_the_same_loss():
     x, targets, il, tl = _problem()
     model = TinyModel(6)
