@@ -61,7 +61,7 @@ def test_the_loss_compiles_each_round_when_first_needed_and_caches_it(tmp_path):
 def test_every_batch_kernel_caches_to_disk():
     from ctckit._core import align, beam, loss
 
-    kernels = [loss.loss_items, loss.gradient_items, loss._scatter_frames, align._viterbi_items, beam.beam_search_batch,
+    kernels = [loss.loss_items, loss.gradient_items, loss._scatter_frames, align._viterbi_items, beam._beam_items,
                *loss._LOSS_ROUNDS, *loss._GRADIENT_ROUNDS]
     for kernel in kernels:
         assert type(kernel._cache).__name__ != "NullCache", kernel.py_func.__name__

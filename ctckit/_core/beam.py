@@ -41,12 +41,17 @@ with probability zero, so an item always has at least one hypothesis.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .config import NJIT, PARALLEL
+from .. import _pool
+from .config import NJIT
+from .intrinsics import is_set
 from .loss import _logaddexp as _lae
 
 _NEG_INF = -np.inf
+CANCEL_FRAMES = 4
+"""The search checks its cancel flag every this many frames (a frame of a wide beam can
+take milliseconds)."""
 
 
 @njit(**NJIT)
@@ -189,10 +194,11 @@ def _ranked(totals, origins, labels, size):
 
 @njit(**NJIT)
 def _beam_item(log_probs, n, frames, blank, beam_width, token_min_log_prob, beam_prune_log_prob, top_k,
-               out_labels, out_lengths, out_scores):
+               out_labels, out_lengths, out_scores, cancel):
     """Prefix beam search of item n over its first ``frames`` frames (only those are read).
     Writes up to ``top_k`` hypotheses, best first, into ``out_labels`` (top_k, >= frames),
-    ``out_lengths`` and ``out_scores``; returns their number."""
+    ``out_lengths`` and ``out_scores``; returns their number (0 when ``cancel[0]`` was set
+    before it finished)."""
     classes = log_probs.shape[2]
     # the trie: node 0 is the empty prefix; beam_of[node] is its rank among the current beams, or -1
     parent = np.full(64, -1, dtype=np.int64)
@@ -222,6 +228,8 @@ def _beam_item(log_probs, n, frames, blank, beam_width, token_min_log_prob, beam
     scratch = np.empty(room)
     new_node = np.empty(beam_width, dtype=np.int64)
     for t in range(frames):
+        if t % CANCEL_FRAMES == 0 and is_set(cancel):
+            return 0
         count = _candidate_labels(log_probs, t, n, blank, token_min_log_prob, labels, is_label)
         log_blank = np.float64(log_probs[t, n, blank])
         for i in range(beams):
@@ -344,12 +352,28 @@ def _write_hypotheses(parent, last, beam_node, beam_b, beam_nb, beams, top_k, ou
     return found
 
 
-@njit(**PARALLEL)
+BEAM_NS = 4.0
+"""Estimated ns per beam and class of a frame (one core), to split a batch between threads."""
+
+
 def beam_search_batch(log_probs, input_lengths, blank, beam_width, token_min_log_prob, beam_prune_log_prob, top_k,
                       out_labels, out_lengths, out_scores, found):
-    """Prefix beam search for every item, in parallel. ``out_labels`` (N, top_k, >= max(input_lengths)) int64,
-    ``out_lengths`` (N, top_k), ``out_scores`` (N, top_k), ``found`` (N,): the number of
-    hypotheses written for each item (fewer than ``top_k`` when fewer prefixes exist)."""
-    for n in prange(found.shape[0]):
-        found[n] = _beam_item(log_probs, np.int64(n), input_lengths[n], blank, beam_width, token_min_log_prob,
-                              beam_prune_log_prob, top_k, out_labels[n], out_lengths[n], out_scores[n])
+    """Prefix beam search for every item, in parallel (:mod:`ctckit._pool`). ``out_labels``
+    (N, top_k, >= max(input_lengths)) int64, ``out_lengths`` (N, top_k), ``out_scores`` (N,
+    top_k), ``found`` (N,): the number of hypotheses written for each item (fewer than
+    ``top_k`` when fewer prefixes exist)."""
+    task = lambda chunk, cancel: _beam_items(chunk, cancel, log_probs, input_lengths, blank, beam_width, token_min_log_prob,
+                                             beam_prune_log_prob, top_k, out_labels, out_lengths, out_scores, found)
+    _pool.run(task, BEAM_NS * input_lengths * beam_width * log_probs.shape[2])
+
+
+@njit(**NJIT)
+def _beam_items(items, cancel, log_probs, input_lengths, blank, beam_width, token_min_log_prob, beam_prune_log_prob, top_k,
+                out_labels, out_lengths, out_scores, found):
+    """:func:`beam_search_batch` over the item indices ``items``, until ``cancel[0]`` is set."""
+    for i in range(items.shape[0]):
+        if is_set(cancel):
+            return
+        n = items[i]
+        found[n] = _beam_item(log_probs, n, input_lengths[n], blank, beam_width, token_min_log_prob, beam_prune_log_prob,
+                              top_k, out_labels[n], out_lengths[n], out_scores[n], cancel)
