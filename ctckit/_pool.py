@@ -38,14 +38,17 @@ from typing import Callable
 
 import numpy as np
 
-SERIAL_COST = 150_000
+SERIAL_COST = 300_000
 """Work estimated below this (ns) runs on the calling thread alone: handing a chunk to a
-worker and back costs about 50 us (two thread wake-ups), more than it saves."""
+worker and back costs 50-80 us (Python, two thread wake-ups, two hand-overs of the GIL),
+more than it saves on a smaller batch (measured on docs: 0.15 ms alone, 0.17 ms shared)."""
 CALLER_CHUNK_COST = 20_000_000
 """The calling thread takes only chunks estimated below this (20 ms), so that it answers
 Ctrl-C within a fraction of a second; longer chunks go to the workers."""
-CHUNKS_PER_THREAD = 4
-"""Chunks per thread: fewer cost less to hand out, more balance unequal items better."""
+CHUNK_COST = 250_000
+"""Work is cut in one chunk per thread, or for longer work in chunks that shrink as the
+work left does, down to about this many ns: each chunk costs a few microseconds of Python
+and a hand-over of the GIL, and small last chunks let the threads finish together."""
 MAX_THREADS = 256
 
 Task = Callable[[np.ndarray, np.ndarray], None]
@@ -108,6 +111,8 @@ def _work_forever(jobs: queue.SimpleQueue) -> None:
 
 
 def _start_workers(count: int) -> None:
+    if len(_workers) >= count:
+        return
     with _state_lock:
         while len(_workers) < count:
             worker = threading.Thread(target=_work_forever, args=(_jobs,), name=f"ctckit-{len(_workers)}", daemon=True)
@@ -116,14 +121,14 @@ def _start_workers(count: int) -> None:
 
 
 class _Job:
-    """The chunks of one call, largest first: workers take them from the front, the
-    calling thread from the back, and only those before ``caller_floor``... after it."""
+    """The chunks of one call, largest first, taken in that order; the calling thread takes
+    only chunks shorter than ``CALLER_CHUNK_COST``, from the back when the next one is not."""
 
-    def __init__(self, task: Task, chunks: list, caller_floor: int):
+    def __init__(self, task: Task, chunks: list, chunk_costs: np.ndarray):
         self.task = task
         self.chunks = chunks
+        self.short = chunk_costs <= CALLER_CHUNK_COST
         self.front, self.back = 0, len(chunks)
-        self.caller_floor = caller_floor  # the caller takes only chunks[caller_floor:]
         self.unfinished = len(chunks)
         self.lock = threading.Lock()
         self.finished = threading.Lock()
@@ -136,9 +141,11 @@ class _Job:
             if self.cancel[0]:
                 self._drop_unclaimed()
                 return None
-            if self.front >= self.back or (caller and self.back <= self.caller_floor):
+            if self.front >= self.back:
                 return None
-            if caller:
+            if caller and not self.short[self.front]:
+                if not self.short[self.back - 1]:
+                    return None
                 self.back -= 1
                 return self.chunks[self.back]
             self.front += 1
@@ -156,6 +163,11 @@ class _Job:
             self.unfinished -= count
             if self.unfinished == 0:
                 self.finished.release()
+
+    def wait(self) -> None:
+        """Return when every chunk is done, in a wait that a signal interrupts."""
+        while not self.finished.acquire(timeout=0.1):
+            pass
 
     def work(self, caller: bool) -> None:
         while (chunk := self._claim(caller)) is not None:
@@ -176,45 +188,29 @@ class _Job:
             self._drop_unclaimed()
 
 
-def _split(costs: np.ndarray, threads: int) -> tuple[list, int]:
-    """Chunks of item indices, largest items first, each about ``total / (threads *
-    CHUNKS_PER_THREAD)``, and the index of the first chunk short enough for the caller."""
-    order = np.argsort(-costs, kind="stable")
-    running = np.cumsum(costs[order])
-    total = float(running[-1])
-    pieces = min(order.shape[0], threads * CHUNKS_PER_THREAD)
-    cuts = np.searchsorted(running, total * np.arange(1, pieces) / pieces, side="left") + 1
-    cuts = np.unique(np.clip(cuts, 1, order.shape[0] - 1)) if pieces > 1 else np.zeros(0, dtype=np.int64)
-    chunks = np.split(order, cuts)
-    ends = np.append(cuts, order.shape[0]) - 1
-    chunk_costs = np.diff(np.concatenate(([0.0], running[ends])))
-    too_long = np.flatnonzero(chunk_costs > CALLER_CHUNK_COST)
-    return chunks, int(too_long[-1]) + 1 if too_long.size else 0
-
-
 def run(task: Task, costs: np.ndarray) -> None:
     """Run ``task`` over every item (``len(costs)`` of them, ``costs[n]`` the estimated ns
     of item n), in parallel; return when all are done. Raises what a task raised, and
     ``KeyboardInterrupt`` (after cancelling the rest) when it arrives meanwhile."""
+    from ._core.chunks import plan_chunks
+
     size = costs.shape[0]
     if size == 0:
         return
-    total = float(costs.sum())
     threads = _threads
-    if total <= SERIAL_COST or (threads == 1 and total <= CALLER_CHUNK_COST) or (size == 1 and total <= CALLER_CHUNK_COST):
-        cancel = np.zeros(1, dtype=np.int64)
-        task(np.arange(size, dtype=np.int64), cancel)
+    order, bounds, chunk_costs = plan_chunks(costs, threads, SERIAL_COST, CHUNK_COST)
+    if order.shape[0] == 0 or (threads == 1 or size == 1) and chunk_costs.sum() <= CALLER_CHUNK_COST:
+        task(np.arange(size, dtype=np.int64), np.zeros(1, dtype=np.int64))  # short: the calling thread alone
         return
-    chunks, caller_floor = _split(costs, threads)
-    job = _Job(task, chunks, caller_floor)
-    helpers = min(len(chunks), threads if caller_floor > 0 else threads - 1)
+    chunks = [order[bounds[i]:bounds[i + 1]] for i in range(bounds.shape[0] - 1)]
+    job = _Job(task, chunks, chunk_costs)
+    helpers = min(len(chunks), threads if not job.short.all() else threads - 1)
     _start_workers(helpers)
     for _ in range(helpers):
         _jobs.put(job)
     try:
         job.work(caller=True)
-        while not job.finished.acquire(timeout=0.1):
-            pass
+        job.wait()
     except BaseException:
         job.stop()
         job.finished.acquire(timeout=0.5)  # the kernels stop within milliseconds; do not hang on one that does not

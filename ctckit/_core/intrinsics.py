@@ -144,24 +144,29 @@ def call_compiled(typingctx, result, address, arguments):
     return return_type(result, address, arguments), codegen
 
 
+def _load_first(context, builder, array_type, array_value):
+    """LLVM: ``array[0]`` read with an atomic (monotonic) load."""
+    array = context.make_array(array_type)(context, builder, array_value)
+    kind = context.get_value_type(array_type.dtype)
+    pointer = builder.bitcast(array.data, kind.as_pointer())
+    return builder.load_atomic(pointer, "monotonic", context.get_abi_sizeof(kind))
+
+
 @intrinsic
 def is_set(typingctx, flag):
     """Whether ``flag[0]`` (an integer array) is nonzero, read with an atomic load.
 
-    A flag that another thread sets while a kernel runs (:mod:`ctckit._pool`'s cancel
-    flag): a plain load inside a loop may be hoisted out of it by LLVM, since nothing in
-    the loop writes the flag, and the kernel would never see it change. An atomic
-    (monotonic) load is read again every time; on x86 it is an ordinary ``mov``.
+    For a flag that another thread sets while a kernel runs (:mod:`ctckit._pool`'s cancel
+    flag): a plain load inside a loop may be hoisted out of it by LLVM, since nothing in the
+    loop writes the flag, and the kernel would never see it change. An atomic (monotonic)
+    load is read again every time; on x86 it is an ordinary ``mov``.
     """
     if not (isinstance(flag, types.Array) and isinstance(flag.dtype, types.Integer)):
         return None
 
     def codegen(context, builder, sig, args):
-        array = context.make_array(sig.args[0])(context, builder, args[0])
-        kind = context.get_value_type(sig.args[0].dtype)
-        pointer = builder.bitcast(array.data, kind.as_pointer())
-        value = builder.load_atomic(pointer, "monotonic", context.get_abi_sizeof(kind))
-        return builder.icmp_signed("!=", value, kind(0))
+        value = _load_first(context, builder, sig.args[0], args[0])
+        return builder.icmp_signed("!=", value, value.type(0))
 
     return types.boolean(flag), codegen
 

@@ -1639,17 +1639,12 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
     third those the second left pending. Each round's kernel compiles when a batch first
     needs it: a batch of long targets never compiles the first.
     """
-    size = nll.shape[0]
-    one_scale = np.empty(size, dtype=np.bool_)
-    costs = np.empty(size)
-    _plan_items(input_lengths, target_lengths, mode != GRAD_NONE, one_scale, costs)
+    items, later, costs = _plan_items(input_lengths, target_lengths, mode != GRAD_NONE)
     inputs = (log_probs, targets, offsets, input_lengths, target_lengths)
     if mode == GRAD_NONE:
         rounds, item_arguments = _LOSS_ROUNDS, (*inputs, np.int64(0), blank, _A_FLAG)
     else:
         rounds, item_arguments = _GRADIENT_ROUNDS, (*inputs, np.int64(0), blank, mode, torch_grad, scale, grad, post, _A_FLAG)
-    items = np.flatnonzero(one_scale)
-    later = np.flatnonzero(~one_scale)
     for function in rounds:
         if items.shape[0]:
             item = _item_address(_item_key(function, item_arguments), function, item_arguments)
@@ -1661,11 +1656,13 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
                                                             scale, nll, grad, post, status)
             _pool.run(task, costs[items])
             items = items[status[items] == STATUS_PENDING]
-        items = np.union1d(items, later) if later.shape[0] else items
-        later = later[:0]
+        if later.shape[0]:  # the items too long for the first round join those it left
+            items = np.union1d(items, later) if items.shape[0] else later
+            later = later[:0]
         if items.shape[0] == 0:
             return
-        costs[items] *= 4.0 if function is rounds[1] else 1.0  # log space costs more per cell
+        if function is rounds[1]:
+            costs[items] *= 4.0  # log space costs more per cell
     raise AssertionError("the log-space round left an item pending")
 
 
@@ -1677,13 +1674,24 @@ _GRADIENT_ROUNDS = (_item_gradient_one_scale, _item_gradient_blocks, _item_gradi
 
 
 @njit(**NJIT)
-def _plan_items(input_lengths, target_lengths, gradient, one_scale, costs):
-    """For each item: whether it is short enough for the first round
-    (:func:`_one_scale_item`), and its estimated cost in ns (``FRAME_NS``)."""
-    for n in range(input_lengths.shape[0]):
+def _plan_items(input_lengths, target_lengths, gradient):
+    """``(first, later, costs)``: the items short enough for the first round
+    (:func:`_one_scale_item`), the others, and each item's estimated cost in ns
+    (``FRAME_NS``)."""
+    size = input_lengths.shape[0]
+    costs = np.empty(size)
+    order = np.empty(size, dtype=np.int64)
+    first, last = 0, size
+    for n in range(size):
         frames, length = input_lengths[n], target_lengths[n]
-        one_scale[n] = _one_scale_item(frames, length)
         costs[n] = frames * (FRAME_NS + LABEL_NS * length) * (2.0 if gradient else 1.0)
+        if _one_scale_item(frames, length):
+            order[first] = n
+            first += 1
+        else:
+            last -= 1
+            order[last] = n
+    return order[:first], order[first:][::-1].copy(), costs
 
 
 _ITEM_RESULT = types.Tuple((types.float64, types.int64))
