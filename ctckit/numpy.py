@@ -110,7 +110,8 @@ def merge_tokens(alignment, scores, blank=0):
 def greedy_decode(log_probs, input_lengths=None, blank=0):
     """Best-path decoding: the most probable class per frame, repeats merged, blanks removed.
 
-    Returns one list of label ints per item (a single list when unbatched).
+    Returns one list of label ints per item (a single list when unbatched). Reads only
+    frames ``t < input_lengths[n]``; NaN or ``+inf`` there raises :class:`ctckit.CTCInputError`.
     """
     return _decode.greedy_decode(log_probs, input_lengths, blank)
 
@@ -120,13 +121,20 @@ def beam_search(log_probs, input_lengths=None, beam_width=16, blank=0, top_k=1, 
     """CTC prefix beam search.
 
     Returns, per item, up to ``top_k`` pairs ``(labels, log_prob)``, best first;
-    ``log_prob`` is the log of the labeling's probability summed over the paths the search
-    kept (a lower bound of its total, which it equals when nothing was pruned). With ``beam_width`` large enough to keep every prefix and
-    ``token_min_log_prob=beam_prune_log_prob=-inf`` the first hypothesis is the exact most
-    probable labeling and its ``log_prob`` equals minus its CTC loss.
+    ``log_prob`` (a Python float) is the log of the labeling's probability summed over the
+    paths the search kept, a lower bound of its total. The defaults
+    (``token_min_log_prob=-10``, ``beam_prune_log_prob=-20``) are not exact however wide the
+    beam; only with both ``-inf`` and ``beam_width >= sum_{l <= T} (C - 1)^l`` is the first
+    hypothesis the exact most probable labeling, with ``log_prob`` equal to minus its CTC
+    loss. A hypothesis never contains the blank; NaN or ``+inf`` on a used frame raises
+    :class:`ctckit.CTCInputError`.
 
     Args:
-        beam_width: prefixes kept after each frame.
+        beam_width: prefixes kept after each frame, a positive int; clamped to the number
+            of labelings an item can have. A call whose worst-case memory
+            (``ctckit._decode.beam_search_bytes``) exceeds 1 GiB raises
+            :class:`ctckit.CTCInputError` before allocating anything.
+        top_k: hypotheses returned per item, a positive int, clamped to ``beam_width``.
         token_min_log_prob: at each frame only labels with at least this log-prob extend a
             prefix (the most probable label always does).
         beam_prune_log_prob: after each frame, prefixes whose score is more than

@@ -18,6 +18,9 @@ changes no result.
 :func:`float_from_bits` and :func:`bits_from_float`: bit casts between a float64 and its
 IEEE 754 bit pattern, for :mod:`.vexp`'s ``2^n`` and for reading and making powers of two
 without ``frexp``/``ldexp`` library calls.
+
+:func:`is_set`: an atomic read of a flag that another thread sets (the pool's cancel flag).
+:func:`call_compiled`: a call through a compiled function's address.
 """
 
 import numpy as np
