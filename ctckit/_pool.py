@@ -198,10 +198,12 @@ def run(task: Task, costs: np.ndarray) -> None:
     if size == 0:
         return
     threads = _threads
-    order, bounds, chunk_costs = plan_chunks(costs, threads, SERIAL_COST, CHUNK_COST)
-    if order.shape[0] == 0 or (threads == 1 or size == 1) and chunk_costs.sum() <= CALLER_CHUNK_COST:
+    total = float(costs.sum())
+    if total <= SERIAL_COST or (threads == 1 or size == 1) and total <= CALLER_CHUNK_COST:
         task(np.arange(size, dtype=np.int64), np.zeros(1, dtype=np.int64))  # short: the calling thread alone
         return
+    order = np.argsort(-costs, kind="stable")  # largest first
+    bounds, chunk_costs = plan_chunks(costs, order, threads, CHUNK_COST)
     chunks = [order[bounds[i]:bounds[i + 1]] for i in range(bounds.shape[0] - 1)]
     job = _Job(task, chunks, chunk_costs)
     helpers = min(len(chunks), threads if not job.short.all() else threads - 1)
