@@ -121,8 +121,9 @@ def _start_workers(count: int) -> None:
 
 
 class _Job:
-    """The chunks of one call, largest first, taken in that order; the calling thread takes
-    only chunks shorter than ``CALLER_CHUNK_COST``, from the back when the next one is not."""
+    """The chunks of one call, taken in order (they shrink towards the end); the calling
+    thread takes only chunks shorter than ``CALLER_CHUNK_COST``, from the back when the
+    next one is not."""
 
     def __init__(self, task: Task, chunks: list, chunk_costs: np.ndarray):
         self.task = task
@@ -202,9 +203,9 @@ def run(task: Task, costs: np.ndarray) -> None:
     if total <= SERIAL_COST or (threads == 1 or size == 1) and total <= CALLER_CHUNK_COST:
         task(np.arange(size, dtype=np.int64), np.zeros(1, dtype=np.int64))  # short: the calling thread alone
         return
-    order = np.argsort(-costs, kind="stable")  # largest first
-    bounds, chunk_costs = plan_chunks(costs, order, threads, CHUNK_COST)
-    chunks = [order[bounds[i]:bounds[i + 1]] for i in range(bounds.shape[0] - 1)]
+    bounds, chunk_costs = plan_chunks(costs, threads, CHUNK_COST)
+    items = np.arange(size, dtype=np.int64)
+    chunks = [items[bounds[i]:bounds[i + 1]] for i in range(bounds.shape[0] - 1)]
     job = _Job(task, chunks, chunk_costs)
     helpers = min(len(chunks), threads if not job.short.all() else threads - 1)
     _start_workers(helpers)
