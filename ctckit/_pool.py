@@ -3,8 +3,7 @@
 The kernels are serial ``nogil`` functions over a list of items (the items of a batch, or
 the frames of the gradient's scatter). This module cuts the list into chunks and runs them
 on a few Python threads, which release the GIL inside the kernels, and on the calling
-thread. It replaces Numba's ``parallel=True``, which a library cannot use safely in a
-user's process:
+thread. Numba's ``parallel=True`` alone is not safe for a library in a user's process:
 
 - **fork**: Numba's OpenMP layer kills a child made by ``os.fork`` (a fork ``Pool``, a
   ``DataLoader`` worker) that runs a parallel kernel after its parent did ("fork() called
@@ -20,6 +19,11 @@ user's process:
   every few frames (:func:`ctckit._core.intrinsics.is_set`), and re-raises.
 - **threads**: any number of Python threads may call ctckit at once; their jobs share the
   pool, and each caller also works on its own job.
+
+Short calls (under ``OPENMP_COST``) still run on Numba's OpenMP layer where that is safe
+(not in a forked child; see :func:`_openmp_allowed`): a ``parallel=True`` driver over the
+whole batch. Next to torch that layer shares torch's OpenMP threads instead of competing
+with them for the cores, and a short call answers Ctrl-C soon enough anyway.
 
 Every item is computed by the same code whichever thread runs it, and writes only its own
 slice of the outputs, so results are bitwise identical whatever the thread count.
@@ -50,6 +54,13 @@ CHUNK_COST = 250_000
 work left does, down to about this many ns: each chunk costs a few microseconds of Python
 and a hand-over of the GIL, and small last chunks let the threads finish together."""
 MAX_THREADS = 256
+OPENMP_COST = 50_000_000
+"""Work estimated below this (50 ms of one core) runs on Numba's OpenMP threads where that
+is safe, which answers Ctrl-C within about 25 ms on two threads. Next to torch, Numba's
+OpenMP layer shares torch's OpenMP threads, which spin for milliseconds after each torch
+operation: ctckit's own threads had to compete with them for the cores, and a loss call
+right after a torch operation took 1.5-2x as long (bpe1k's forward+backward 6.1-6.6 ->
+10.2-12.2 ms). Longer work goes to ctckit's threads, for Ctrl-C."""
 
 Task = Callable[[np.ndarray, np.ndarray], None]
 """``task(items, cancel)``: run the kernel over ``items`` (int64 indices), stopping early
@@ -92,10 +103,48 @@ def set_num_threads(threads: int) -> None:
     _threads = threads
 
 
+_forked = False
+"""Set in a forked child: Numba's OpenMP layer kills a child that runs a parallel kernel
+after its parent did (GNU OpenMP's threads do not survive a fork), so a child never uses it."""
+_openmp_checked = False
+
+
+def _openmp_allowed(threads: int) -> bool:
+    """Whether a short call may run on Numba's threading layer: not in a forked child, with
+    more than one thread, and only on a layer that several Python threads may use at once
+    (OpenMP or TBB; Numba's fallback, workqueue, aborts the process when two threads launch
+    kernels together)."""
+    global _openmp_checked
+    if _forked or threads < 2:
+        return False
+    if not _openmp_checked:
+        import numba
+
+        from ._core.chunks import probe_threading_layer
+
+        with _state_lock:
+            if not _openmp_checked:
+                try:
+                    probe_threading_layer(np.zeros(2))
+                    layer = numba.threading_layer()
+                except (ValueError, RuntimeError):  # no layer (NUMBA_DISABLE_JIT, none loadable)
+                    layer = None
+                _openmp_checked = layer in ("omp", "tbb") or None
+    if _openmp_checked is None:
+        return False
+    import numba
+
+    if numba.get_num_threads() != min(threads, numba.config.NUMBA_NUM_THREADS):
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    return True
+
+
 def _reset_after_fork() -> None:
     """In a forked child: the workers did not survive the fork, and a lock may have been
-    held by one of them; start afresh (the configured thread count is kept)."""
-    global _state_lock, _workers, _jobs
+    held by one of them; start afresh (the configured thread count is kept), without
+    Numba's OpenMP layer."""
+    global _state_lock, _workers, _jobs, _forked
+    _forked = True
     _state_lock = threading.Lock()
     _workers = []
     _jobs = queue.SimpleQueue()
@@ -189,10 +238,13 @@ class _Job:
             self._drop_unclaimed()
 
 
-def run(task: Task, costs: np.ndarray) -> None:
+def run(task: Task, costs: np.ndarray, together: Callable[[], None] | None = None) -> None:
     """Run ``task`` over every item (``len(costs)`` of them, ``costs[n]`` the estimated ns
     of item n), in parallel; return when all are done. Raises what a task raised, and
-    ``KeyboardInterrupt`` (after cancelling the rest) when it arrives meanwhile."""
+    ``KeyboardInterrupt`` (after cancelling the rest) when it arrives meanwhile.
+
+    ``together()``, when given, runs every item at once on Numba's OpenMP threads: what a
+    short call (under ``OPENMP_COST``) uses where it may (:func:`_openmp_allowed`)."""
     from ._core.chunks import plan_chunks
 
     size = costs.shape[0]
@@ -200,6 +252,9 @@ def run(task: Task, costs: np.ndarray) -> None:
         return
     threads = _threads
     total = float(costs.sum())
+    if together is not None and total <= OPENMP_COST and _openmp_allowed(threads):
+        together()
+        return
     if total <= SERIAL_COST or (threads == 1 or size == 1) and total <= CALLER_CHUNK_COST:
         task(np.arange(size, dtype=np.int64), np.zeros(1, dtype=np.int64))  # short: the calling thread alone
         return

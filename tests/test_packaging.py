@@ -30,9 +30,9 @@ def test_kernels_are_cached_on_disk(tmp_path):
     # Viterbi kernel, which compiles in seconds (the loss kernels take about a minute cold).
     code = """
         import ctckit.numpy
-        from ctckit._core.align import _viterbi_items
-        ctckit.numpy.forced_align([[0.0, -1.0]] * 3, [1], 3, 1)
-        print(sum(_viterbi_items.stats.cache_hits.values()), sum(_viterbi_items.stats.cache_misses.values()))
+        from ctckit._core.align import _viterbi_items_openmp as kernel  # a short call: on Numba's OpenMP layer
+        ctckit.numpy.forced_align([[[0.0, -1.0]]] * 3, [[1]], [3], [1])
+        print(sum(kernel.stats.cache_hits.values()), sum(kernel.stats.cache_misses.values()))
     """
     first = _run(code, NUMBA_CACHE_DIR=str(tmp_path))
     second = _run(code, NUMBA_CACHE_DIR=str(tmp_path))
@@ -62,6 +62,8 @@ def test_every_batch_kernel_caches_to_disk():
     from ctckit._core import align, beam, loss
 
     kernels = [loss.loss_items, loss.gradient_items, loss._scatter_frames, align._viterbi_items, beam._beam_items,
+               loss.loss_items_openmp, loss.gradient_items_openmp, loss._scatter_frames_openmp, align._viterbi_items_openmp,
+               beam._beam_items_openmp,
                *loss._LOSS_ROUNDS, *loss._GRADIENT_ROUNDS]
     for kernel in kernels:
         assert type(kernel._cache).__name__ != "NullCache", kernel.py_func.__name__

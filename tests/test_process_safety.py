@@ -52,14 +52,23 @@ def run_script(body: str, timeout: float = 240, **env) -> str:
     return result.stdout
 
 
-def test_the_batch_is_big_enough_to_use_the_worker_threads():
-    """The fork tests below are only meaningful when the parent's call started the pool."""
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_the_parent_uses_openmp_and_the_child_ctckits_own_threads():
+    """What makes the fork tests below meaningful: the parent's calls ran on Numba's OpenMP
+    layer (which kills a forked child that uses it after its parent did), and the child's
+    run on ctckit's own threads instead."""
     out = run_script("""
-        import threading
+        import threading, numba
         work(0)
-        print(sorted(t.name for t in threading.enumerate() if t.name.startswith("ctckit-")))
+        print(numba.threading_layer())
+        pid = os.fork()
+        if pid == 0:
+            work(0)
+            names = [t.name for t in threading.enumerate() if t.name.startswith("ctckit-")]
+            os._exit(0 if names else 3)
+        print(os.waitpid(pid, 0)[1])
     """, CTCKIT_NUM_THREADS="2")
-    assert "ctckit-0" in out
+    assert out.split() == ["omp", "0"]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")

@@ -17,10 +17,10 @@ paths the chosen one enters each state as *early* as possible.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .. import _pool
-from .config import NJIT
+from .config import NJIT, PARALLEL
 from .intrinsics import is_set
 
 _NEG_INF = -np.inf
@@ -81,9 +81,10 @@ def viterbi_batch(log_probs, targets, offsets, input_lengths, target_lengths, bl
     (N, T) int64 filled with -1 and ``scores`` (N, T) zeros on entry; ``best[n]`` receives
     the path's log-probability. Inputs must be validated and every item feasible
     (T_n >= L_n + repeats)."""
-    task = lambda chunk, cancel: _viterbi_items(chunk, cancel, log_probs, targets, offsets, input_lengths, target_lengths, blank,
-                                                alignments, scores, best)
-    _pool.run(task, VITERBI_NS * input_lengths * (2.0 * target_lengths + 1.0))
+    arguments = (log_probs, targets, offsets, input_lengths, target_lengths, blank, alignments, scores, best)
+    task = lambda chunk, cancel: _viterbi_items(chunk, cancel, *arguments)
+    together = lambda: _viterbi_items_openmp(*arguments)
+    _pool.run(task, VITERBI_NS * input_lengths * (2.0 * target_lengths + 1.0), together)
 
 
 @njit(**NJIT)
@@ -99,3 +100,12 @@ def _viterbi_items(items, cancel, log_probs, targets, offsets, input_lengths, ta
             best[n] = 0.0 if labels.shape[0] == 0 else _NEG_INF
             continue
         best[n] = _viterbi_item(log_probs, n, frames, blank, labels, alignments[n], scores[n], cancel)
+
+
+@njit(**PARALLEL)
+def _viterbi_items_openmp(log_probs, targets, offsets, input_lengths, target_lengths, blank, alignments, scores, best):
+    """:func:`_viterbi_items` over every item at once, on Numba's OpenMP threads."""
+    never = np.zeros(1, dtype=np.int64)
+    for n in prange(best.shape[0]):
+        _viterbi_items(np.arange(np.int64(n), np.int64(n) + 1), never, log_probs, targets, offsets, input_lengths, target_lengths, blank, alignments,
+                       scores, best)

@@ -2,9 +2,9 @@
 operations this took about 60 us a call, more than a small batch's kernel)."""
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from .config import NJIT
+from .config import NJIT, PARALLEL
 
 
 @njit(**NJIT)
@@ -43,3 +43,11 @@ def plan_chunks(costs, threads, chunk_cost):
             if guided:
                 target = max(left / (2 * threads), chunk_cost)
     return bounds[:chunks + 1], chunk_costs[:chunks]
+
+
+@njit(**PARALLEL)
+def probe_threading_layer(values):
+    """A trivial parallel kernel: after its first call, ``numba.threading_layer()`` says
+    which layer Numba loaded."""
+    for i in prange(values.shape[0]):
+        values[i] = i

@@ -6,8 +6,9 @@ classes, infeasible targets). ``contract`` (fused multiply-add) is on everywhere
 so that sums over a row vectorise. Both fix the order of operations at compile time:
 results stay bitwise identical whatever the thread count.
 
-No ``parallel=True``: the batch drivers are serial kernels over a chunk of items, which
-:mod:`ctckit._pool` runs on its own threads (fork-safe, interruptible by Ctrl-C).
+The batch drivers come in two kinds (see :mod:`ctckit._pool`): serial kernels over a chunk
+of items, which ctckit's own threads run, and :data:`PARALLEL` ones over a whole batch on
+Numba's OpenMP threads, for short calls outside forked children.
 """
 
 _VECTORISE = {"contract", "reassoc", "nsz"}
@@ -34,3 +35,7 @@ typed and lowered again at every call site: about 3.5 s of a first call with lon
 The one-scale passes' helpers stay IR-inlined: as separate functions their fixed cost of
 0.05-0.3 s each would add about 1 s to a first call with short targets. Called from
 compiled code only, they need no wrapper for Python callers (about 0.3 s less)."""
+
+
+PARALLEL = dict(NJIT, parallel=True)
+"""Options for the OpenMP batch drivers: ``prange`` over items, each writing its own slice."""

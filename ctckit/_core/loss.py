@@ -69,11 +69,11 @@ ICML 2006.
 import math
 
 import numpy as np
-from numba import njit, typeof, types
+from numba import njit, prange, typeof, types
 from numba import config as numba_config
 
 from .. import _pool
-from .config import HOT, INLINE, LINKED, NJIT
+from .config import HOT, INLINE, LINKED, NJIT, PARALLEL
 from .intrinsics import bits_from_float, call_compiled, float_from_bits, is_set, keep_alive, prefetch, unmanaged
 from .vexp import vexp_shifted
 
@@ -1651,10 +1651,13 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
             round_items = items
             if mode == GRAD_NONE:
                 task = lambda chunk, cancel: loss_items(item, round_items[chunk], cancel, *inputs, blank, nll, status)
+                together = lambda: loss_items_openmp(item, round_items, *inputs, blank, nll, status)
             else:
                 task = lambda chunk, cancel: gradient_items(item, round_items[chunk], cancel, *inputs, blank, mode, torch_grad,
                                                             scale, nll, grad, post, status)
-            _pool.run(task, costs[items])
+                together = lambda: gradient_items_openmp(item, round_items, *inputs, blank, mode, torch_grad, scale, nll, grad,
+                                                         post, status)
+            _pool.run(task, costs[items], together)
             items = items[status[items] == STATUS_PENDING]
         if later.shape[0]:  # the items too long for the first round join those it left
             items = np.union1d(items, later) if items.shape[0] else later
@@ -1766,6 +1769,31 @@ def gradient_items(item, items, cancel, log_probs, targets, offsets, input_lengt
                                                            unmanaged(post), unmanaged(cancel)))
 
 
+@njit(**PARALLEL)
+def loss_items_openmp(item, items, log_probs, targets, offsets, input_lengths, target_lengths, blank, nll, status):
+    """:func:`loss_items` over all ``items`` at once, on Numba's OpenMP threads (short
+    calls only: see :mod:`ctckit._pool`)."""
+    never = np.zeros(1, dtype=np.int64)  # the cancel flag: a short call is not cancelled
+    for i in prange(items.shape[0]):
+        n = items[i]
+        nll[n], status[n] = call_compiled((0.0, 0), item, (unmanaged(log_probs), unmanaged(targets), unmanaged(offsets),
+                                                           unmanaged(input_lengths), unmanaged(target_lengths), n, blank,
+                                                           unmanaged(never)))
+
+
+@njit(**PARALLEL)
+def gradient_items_openmp(item, items, log_probs, targets, offsets, input_lengths, target_lengths, blank, mode, torch_grad,
+                          scale, nll, grad, post, status):
+    """:func:`gradient_items` over all ``items`` at once, on Numba's OpenMP threads."""
+    never = np.zeros(1, dtype=np.int64)
+    for i in prange(items.shape[0]):
+        n = items[i]
+        nll[n], status[n] = call_compiled((0.0, 0), item, (unmanaged(log_probs), unmanaged(targets), unmanaged(offsets),
+                                                           unmanaged(input_lengths), unmanaged(target_lengths), n, blank,
+                                                           mode, torch_grad, unmanaged(scale), unmanaged(grad),
+                                                           unmanaged(post), unmanaged(never)))
+
+
 SCATTER_NS = 0.5
 """Estimated ns per element of a frame of the dense gradient (written once, zero or not)."""
 
@@ -1778,9 +1806,10 @@ def scatter_posteriors(post, targets, offsets, input_lengths, target_lengths, bl
     (:func:`_scatter_frames`)."""
     frames, batch, classes = grad.shape
     label_index = targets.astype(np.uint64)  # unsigned: no negative-index wraparound per element
-    task = lambda chunk, cancel: _scatter_frames(chunk, cancel, post, label_index, offsets, input_lengths, target_lengths,
-                                                 blank, scale, grad)
-    _pool.run(task, np.full(frames, SCATTER_NS * batch * classes))
+    arguments = (post, label_index, offsets, input_lengths, target_lengths, blank, scale, grad)
+    task = lambda chunk, cancel: _scatter_frames(chunk, cancel, *arguments)
+    together = lambda: _scatter_frames_openmp(np.arange(frames, dtype=np.int64), *arguments)
+    _pool.run(task, np.full(frames, SCATTER_NS * batch * classes), together)
 
 
 @njit(**NJIT)
@@ -1809,3 +1838,11 @@ def _scatter_frames(frames, cancel, post, label_index, offsets, input_lengths, t
                 row[blank] = -factor * frame_post[slot]
                 for k in range(np.uint64(target_lengths[n])):
                     row[index[start + k]] -= factor * frame_post[slot + k + _U1]
+
+
+@njit(**PARALLEL)
+def _scatter_frames_openmp(frames, post, label_index, offsets, input_lengths, target_lengths, blank, scale, grad):
+    """:func:`_scatter_frames` over all ``frames`` at once, on Numba's OpenMP threads."""
+    never = np.zeros(1, dtype=np.int64)
+    for i in prange(frames.shape[0]):
+        _scatter_frames(frames[i:i + 1], never, post, label_index, offsets, input_lengths, target_lengths, blank, scale, grad)
