@@ -137,8 +137,9 @@ import sys
 sys.path.insert(0, "tests")
 import reference as ref
 from ctckit._core import loss
+from ctckit._core.loss import items as per_item
 from conftest import log_softmax
-one_scale_labels, stored_rows_limit = loss.ONE_SCALE_LABELS, loss.STORED_ROWS_LIMIT
+one_scale_labels, stored_rows_limit = per_item.ONE_SCALE_LABELS, per_item.STORED_ROWS_LIMIT
 
 rng = np.random.default_rng(11)
 frames = 80
@@ -152,8 +153,8 @@ nan = lambda shape: np.full(shape, np.nan)
 for scale, lengths, input_lengths, segmented in ((30.0, [40, 40], [80, 80], False), (1.0, [0, 7], [80, 50], False),
                                                  (1.0, [3, 40], [80, 30], False), (30.0, [40, 40], [80, 80], True),
                                                  (1.0, [17, 40], [77, 80], True)):
-    loss.ONE_SCALE_LABELS, loss.STORED_ROWS_LIMIT = (0, 0) if segmented else (one_scale_labels, stored_rows_limit)
-    assert (loss._segment_frames(80, 40) == 5) == segmented
+    per_item.ONE_SCALE_LABELS, per_item.STORED_ROWS_LIMIT = (0, 0) if segmented else (one_scale_labels, stored_rows_limit)
+    assert (per_item._segment_frames(80, 40) == 5) == segmented
     lp = log_softmax(scale * rng.standard_normal((frames, 2, 5)))
     targets = rng.integers(1, 5, (2, max(lengths)))
     labels = [list(row[:n]) for row, n in zip(targets, lengths)]
@@ -332,16 +333,17 @@ def _core_batch(lp, targets, input_lengths, target_lengths, mode):
 @pytest.mark.parametrize("scale", [1.0, 4.0])
 @pytest.mark.parametrize("mode", ["dense", "compact"])
 def test_long_items_recompute_their_forward_rows_in_segments_exactly(scale, mode):
-    # Past loss.STORED_ROWS_LIMIT the gradient keeps one forward row per segment of about
+    # Past loss.items.STORED_ROWS_LIMIT the gradient keeps one forward row per segment of about
     # sqrt(T) / 2 frames and recomputes each segment's rows during the backward pass. Two
     # items of different lengths (T = 601 and 450; neither divides into whole segments),
     # 280-300 labels (5 blocks of states), ordinary and peakier inputs.
     from ctckit._core import loss
+    from ctckit._core.loss import items as per_item
 
     rng = np.random.default_rng(int(scale))
     lengths, input_lengths = [300, 280], [601, 450]
     for frames, length in zip(input_lengths, lengths):
-        span = loss._segment_frames(frames, length)
+        span = per_item._segment_frames(frames, length)
         assert span < frames and frames % span != 0
     lp = log_softmax(scale * rng.standard_normal((601, 2, 40)))
     targets = rng.integers(1, 40, (2, 300))
@@ -361,16 +363,17 @@ def test_a_batch_of_long_targets_does_not_compile_the_first_round(monkeypatch, m
     # first round is compiled it runs on every batch, long targets included, with the
     # same results.
     from ctckit._core import loss
+    from ctckit._core.loss import batch as rounds, items as per_item
 
-    monkeypatch.setattr(loss, "_item_addresses", {})  # as in a fresh process
+    monkeypatch.setattr(rounds, "_item_addresses", {})  # as in a fresh process
     rng = np.random.default_rng(3)
     lp = log_softmax(rng.standard_normal((601, 2, 40)))
     targets = rng.integers(1, 40, (2, 300))
     lengths, input_lengths = [300, 280], [601, 200]  # item 1 needs more frames than it has
-    assert min(lengths) >= loss.ONE_SCALE_LABELS
+    assert min(lengths) >= per_item.ONE_SCALE_LABELS
     labels = [list(row[:n]) for row, n in zip(targets, lengths)]
     code = {"none": loss.GRAD_NONE, "dense": loss.GRAD_DENSE, "compact": loss.GRAD_COMPACT}[mode]
-    first_round = loss._GRADIENT_ROUNDS[0] if code != loss.GRAD_NONE else loss._LOSS_ROUNDS[0]
+    first_round = rounds._GRADIENT_ROUNDS[0] if code != loss.GRAD_NONE else rounds._LOSS_ROUNDS[0]
     expected_nll = ref.batch_nll(lp, labels, input_lengths)
     assert np.isfinite(expected_nll[0]) and expected_nll[1] == np.inf
     results = []
@@ -378,7 +381,7 @@ def test_a_batch_of_long_targets_does_not_compile_the_first_round(monkeypatch, m
         if batch == "with a short item first":
             _core_batch(lp[:50, :1], targets[:1, :10], [50], [10], code)
         nll, status, grad = _core_batch(lp, targets, input_lengths, lengths, code)
-        compiled = {function for function, _ in loss._item_addresses}
+        compiled = {function for function, _ in rounds._item_addresses}
         assert (first_round in compiled) == (batch == "with a short item first")
         assert (status == loss.STATUS_OK).all()
         np.testing.assert_allclose(nll, expected_nll, rtol=1e-12)
@@ -396,13 +399,14 @@ def test_a_lost_path_in_a_segmented_item_is_recomputed_in_log_space():
     # checkpoint, fails eq. 14, and the item goes to log space, with nothing of the failed
     # attempt left in the gradient.
     from ctckit._core import loss
+    from ctckit._core.loss import items as per_item
 
     labels, frames = 10, 53000
     lagging, targets = _lagging_path_input(labels, 20, lag_cost=40.0)
     lp = np.full((frames, 1, labels + 2), -1000.0)
     lp[:, 0, 0] = 0.0
     lp[:40] = lagging
-    assert 40 <= loss._segment_frames(frames, labels) < frames  # several segments; frames 0-39 in the first
+    assert 40 <= per_item._segment_frames(frames, labels) < frames  # several segments; frames 0-39 in the first
     nll, status, grad = _run_core(lp, targets, frames, labels, loss.GRAD_DENSE)
     assert status == loss.STATUS_RECOMPUTED
     assert nll == pytest.approx(ref.ctc_nll(lp[:, 0], targets.tolist()), rel=1e-14)
@@ -474,7 +478,7 @@ def test_a_compiled_function_called_through_its_address():
     from numba import njit
 
     from ctckit._core.intrinsics import call_compiled
-    from ctckit._core.loss import _item_address, _item_key
+    from ctckit._core.loss.batch import _item_address, _item_key
 
     @njit
     def scaled_sum(values, factor, start):

@@ -47,9 +47,9 @@ def test_the_loss_compiles_each_round_when_first_needed_and_caches_it(tmp_path):
     # compile the second round, and the first round must load from the disk cache next time.
     code = """
         import ctckit.numpy
-        from ctckit._core import loss
+        from ctckit._core.loss import items
         ctckit.numpy.ctc_loss_and_grad([[[0.0, -1.0, -2.0]]] * 6, [[1, 2]], [6], [2])
-        kernels = (loss._item_gradient_one_scale, loss._item_gradient_blocks)
+        kernels = (items._item_gradient_one_scale, items._item_gradient_blocks)
         print(*(f"{sum(k.stats.cache_hits.values())}/{sum(k.stats.cache_misses.values())}" for k in kernels))
     """
     first = _run(code, NUMBA_CACHE_DIR=str(tmp_path))
@@ -59,11 +59,11 @@ def test_the_loss_compiles_each_round_when_first_needed_and_caches_it(tmp_path):
 
 
 def test_every_batch_kernel_caches_to_disk():
-    from ctckit._core import align, beam, loss
+    from ctckit._core import align, beam
+    from ctckit._core.loss import batch, posteriors
 
-    kernels = [loss.loss_items, loss.gradient_items, loss._scatter_frames, align._viterbi_items, beam._beam_items,
-               loss.loss_items_openmp, loss.gradient_items_openmp, loss._scatter_frames_openmp, align._viterbi_items_openmp,
-               beam._beam_items_openmp,
-               *loss._LOSS_ROUNDS, *loss._GRADIENT_ROUNDS]
+    kernels = [batch.loss_items, batch.gradient_items, posteriors._scatter_frames, align._viterbi_items, beam._beam_items,
+               batch.loss_items_openmp, batch.gradient_items_openmp, posteriors._scatter_frames_openmp,
+               align._viterbi_items_openmp, beam._beam_items_openmp, *batch._LOSS_ROUNDS, *batch._GRADIENT_ROUNDS]
     for kernel in kernels:
         assert type(kernel._cache).__name__ != "NullCache", kernel.py_func.__name__

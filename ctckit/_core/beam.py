@@ -46,7 +46,7 @@ from numba import njit, prange
 from .. import _pool
 from .config import NJIT, PARALLEL
 from .intrinsics import is_set
-from .loss import _logaddexp as _lae
+from .loss.trellis import _logaddexp as _lae
 
 _NEG_INF = -np.inf
 CANCEL_FRAMES = 4
