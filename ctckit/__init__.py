@@ -6,7 +6,7 @@ Frontends: :mod:`ctckit.torch` (drop-in for ``torch.nn.functional.ctc_loss``) an
 process may run on, or ``CTCKIT_NUM_THREADS``); results do not depend on it.
 """
 
-from ._pool import get_num_threads, set_num_threads
+from ._threads import get_num_threads, set_num_threads
 from .errors import CTCInputError
 
 __version__ = "0.1.0"

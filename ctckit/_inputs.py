@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._core import KERNEL_DTYPES, validate
+from ._core.indices import Batch
 from .errors import CTCInputError
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -40,22 +41,6 @@ class Shapes:
     batch: int
     classes: int
     max_target: int
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Validated, kernel-ready index arrays (all int64, C-contiguous, ctckit's own copies:
-    a caller that changes its arrays later, from another thread say, cannot change what
-    was checked).
-
-    Item ``n`` has ``input_lengths[n]`` frames and the labels
-    ``targets[offsets[n] : offsets[n] + target_lengths[n]]``.
-    """
-
-    targets: np.ndarray
-    offsets: np.ndarray
-    input_lengths: np.ndarray
-    target_lengths: np.ndarray
 
 
 def check_blank(blank, classes: int | None = None) -> int:

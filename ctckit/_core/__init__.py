@@ -6,14 +6,10 @@ validated, kernel-ready arguments.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
+from .indices import Batch
 from .loss import GRAD_COMPACT, GRAD_DENSE, GRAD_NONE, ctc_loss_batch, scatter_posteriors
-
-if TYPE_CHECKING:
-    from .._inputs import Batch
 
 KERNEL_DTYPES = (np.float32, np.float64)
 """The float types the kernels compute in."""

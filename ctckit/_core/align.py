@@ -19,7 +19,7 @@ paths the chosen one enters each state as *early* as possible.
 import numpy as np
 from numba import njit, prange
 
-from .. import _pool
+from . import pool
 from .config import NJIT, PARALLEL
 from .intrinsics import is_set
 
@@ -77,14 +77,14 @@ VITERBI_NS = 3.0
 
 
 def viterbi_batch(log_probs, targets, offsets, input_lengths, target_lengths, blank, alignments, scores, best):
-    """Forced alignment of every item, in parallel (:mod:`ctckit._pool`). ``alignments``
+    """Forced alignment of every item, in parallel (:mod:`.pool`). ``alignments``
     (N, T) int64 filled with -1 and ``scores`` (N, T) zeros on entry; ``best[n]`` receives
     the path's log-probability. Inputs must be validated and every item feasible
     (T_n >= L_n + repeats)."""
     arguments = (log_probs, targets, offsets, input_lengths, target_lengths, blank, alignments, scores, best)
     task = lambda chunk, cancel: _viterbi_items(chunk, cancel, *arguments)
     together = lambda: _viterbi_items_openmp(*arguments)
-    _pool.run(task, VITERBI_NS * input_lengths * (2.0 * target_lengths + 1.0), together)
+    pool.run(task, VITERBI_NS * input_lengths * (2.0 * target_lengths + 1.0), together)
 
 
 @njit(**NJIT)

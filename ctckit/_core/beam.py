@@ -43,7 +43,7 @@ with probability zero, so an item always has at least one hypothesis.
 import numpy as np
 from numba import njit, prange
 
-from .. import _pool
+from . import pool
 from .config import NJIT, PARALLEL
 from .intrinsics import is_set
 from .loss.trellis import _logaddexp as _lae
@@ -358,7 +358,7 @@ BEAM_NS = 4.0
 
 def beam_search_batch(log_probs, input_lengths, blank, beam_width, token_min_log_prob, beam_prune_log_prob, top_k,
                       out_labels, out_lengths, out_scores, found):
-    """Prefix beam search for every item, in parallel (:mod:`ctckit._pool`). ``out_labels``
+    """Prefix beam search for every item, in parallel (:mod:`.pool`). ``out_labels``
     (N, top_k, >= max(input_lengths)) int64, ``out_lengths`` (N, top_k), ``out_scores`` (N,
     top_k), ``found`` (N,): the number of hypotheses written for each item (fewer than
     ``top_k`` when fewer prefixes exist)."""
@@ -366,7 +366,7 @@ def beam_search_batch(log_probs, input_lengths, blank, beam_width, token_min_log
                  out_lengths, out_scores, found)
     task = lambda chunk, cancel: _beam_items(chunk, cancel, *arguments)
     together = lambda: _beam_items_openmp(*arguments)
-    _pool.run(task, BEAM_NS * input_lengths * beam_width * log_probs.shape[2], together)
+    pool.run(task, BEAM_NS * input_lengths * beam_width * log_probs.shape[2], together)
 
 
 @njit(**NJIT)

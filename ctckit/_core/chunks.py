@@ -1,4 +1,4 @@
-"""How :mod:`ctckit._pool` cuts a batch into chunks for its threads (compiled: in NumPy
+"""How :mod:`ctckit._core.pool` cuts a batch into chunks for its threads (compiled: in NumPy
 operations this took about 60 us a call, more than a small batch's kernel)."""
 
 import numpy as np
@@ -9,7 +9,7 @@ from .config import NJIT, PARALLEL
 
 @njit(**NJIT)
 def plan_chunks(costs, threads, chunk_cost):
-    """How :mod:`ctckit._pool` cuts items of estimated ``costs`` (ns) into chunks of
+    """How :mod:`ctckit._core.pool` cuts items of estimated ``costs`` (ns) into chunks of
     consecutive items for ``threads`` threads.
 
     Consecutive, not sorted by cost: items write neighbouring parts of the outputs (the

@@ -6,7 +6,7 @@ classes, infeasible targets). ``contract`` (fused multiply-add) is on everywhere
 so that sums over a row vectorise. Both fix the order of operations at compile time:
 results stay bitwise identical whatever the thread count.
 
-The batch drivers come in two kinds (see :mod:`ctckit._pool`): serial kernels over a chunk
+The batch drivers come in two kinds (see :mod:`ctckit._core.pool`): serial kernels over a chunk
 of items, which ctckit's own threads run, and :data:`PARALLEL` ones over a whole batch on
 Numba's OpenMP threads, for short calls outside forked children.
 """

@@ -159,7 +159,7 @@ def _load_first(context, builder, array_type, array_value):
 def is_set(typingctx, flag):
     """Whether ``flag[0]`` (an integer array) is nonzero, read with an atomic load.
 
-    For a flag that another thread sets while a kernel runs (:mod:`ctckit._pool`'s cancel
+    For a flag that another thread sets while a kernel runs (:mod:`ctckit._core.pool`'s cancel
     flag): a plain load inside a loop may be hoisted out of it by LLVM, since nothing in the
     loop writes the flag, and the kernel would never see it change. An atomic (monotonic)
     load is read again every time; on x86 it is an ordinary ``mov``.

@@ -9,7 +9,7 @@ not again inside each driver, so a first call with short targets compiles the fi
 alone (about 10 s), one with long targets the second alone.
 
 The drivers come in two kinds: serial ``nogil`` ones over a chunk of items
-(:func:`loss_items`, :func:`gradient_items`), which :mod:`ctckit._pool` runs on its own
+(:func:`loss_items`, :func:`gradient_items`), which :mod:`..pool` runs on its own
 threads, and ``parallel=True`` twins over every item at once for short calls on Numba's
 OpenMP threads. Each item writes only its own slices of the outputs, through the same
 passes whatever the thread, so results do not depend on scheduling.
@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, prange, typeof, types
 from numba import config as numba_config
 
-from ... import _pool
+from .. import pool
 from ..config import NJIT, PARALLEL
 from ..intrinsics import call_compiled, is_set, unmanaged
 from .items import (
@@ -72,7 +72,7 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
                                                             scale, nll, grad, post, status)
                 together = lambda: gradient_items_openmp(item, round_items, *inputs, blank, mode, torch_grad, scale, nll, grad,
                                                          post, status)
-            _pool.run(task, costs[items], together)
+            pool.run(task, costs[items], together)
             items = items[status[items] == STATUS_PENDING]
         if later.shape[0]:  # the items too long for the first round join those it left
             items = np.union1d(items, later) if items.shape[0] else later
@@ -187,7 +187,7 @@ def gradient_items(item, items, cancel, log_probs, targets, offsets, input_lengt
 @njit(**PARALLEL)
 def loss_items_openmp(item, items, log_probs, targets, offsets, input_lengths, target_lengths, blank, nll, status):
     """:func:`loss_items` over all ``items`` at once, on Numba's OpenMP threads (short
-    calls only: see :mod:`ctckit._pool`)."""
+    calls only: see :mod:`..pool`)."""
     never = np.zeros(1, dtype=np.int64)  # the cancel flag: a short call is not cancelled
     for i in prange(items.shape[0]):
         n = items[i]

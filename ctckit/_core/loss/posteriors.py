@@ -13,7 +13,7 @@ dense gradient. The block-scaled, one-scale and log-space passes all end here.
 import numpy as np
 from numba import njit, prange
 
-from ... import _pool
+from .. import pool
 from ..config import INLINE, LINKED, NJIT, PARALLEL
 from ..intrinsics import is_set, unmanaged
 from .trellis import _U1, GRAD_COMPACT
@@ -96,7 +96,7 @@ def scatter_posteriors(post, targets, offsets, input_lengths, target_lengths, bl
     arguments = (post, label_index, offsets, input_lengths, target_lengths, blank, scale, grad)
     task = lambda chunk, cancel: _scatter_frames(chunk, cancel, *arguments)
     together = lambda: _scatter_frames_openmp(np.arange(frames, dtype=np.int64), *arguments)
-    _pool.run(task, np.full(frames, SCATTER_NS * batch * classes), together)
+    pool.run(task, np.full(frames, SCATTER_NS * batch * classes), together)
 
 
 @njit(**NJIT)

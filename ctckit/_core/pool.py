@@ -34,13 +34,15 @@ only decide how to split the work, never what is computed.
 
 from __future__ import annotations
 
-import operator
 import os
 import queue
 import threading
 from typing import Callable
 
 import numpy as np
+
+from .._threads import get_num_threads
+from .chunks import plan_chunks, probe_threading_layer
 
 SERIAL_COST = 300_000
 """Work estimated below this (ns) runs on the calling thread alone: handing a chunk to a
@@ -53,7 +55,6 @@ CHUNK_COST = 250_000
 """Work is cut in one chunk per thread, or for longer work in chunks that shrink as the
 work left does, down to about this many ns: each chunk costs a few microseconds of Python
 and a hand-over of the GIL, and small last chunks let the threads finish together."""
-MAX_THREADS = 256
 OPENMP_COST = 50_000_000
 """Work estimated below this (50 ms of one core) runs on Numba's OpenMP threads where that
 is safe, which answers Ctrl-C within about 25 ms on two threads. Next to torch, Numba's
@@ -67,40 +68,9 @@ Task = Callable[[np.ndarray, np.ndarray], None]
 once ``cancel[0]`` is nonzero."""
 
 
-def _default_threads() -> int:
-    setting = os.environ.get("CTCKIT_NUM_THREADS")
-    if setting:
-        try:
-            return max(1, min(MAX_THREADS, int(setting)))
-        except ValueError:
-            pass
-    try:
-        return max(1, min(MAX_THREADS, len(os.sched_getaffinity(0))))
-    except (AttributeError, OSError):
-        return max(1, min(MAX_THREADS, os.cpu_count() or 1))
-
-
 _state_lock = threading.Lock()
-_threads = _default_threads()
 _workers: list[threading.Thread] = []
 _jobs: queue.SimpleQueue = queue.SimpleQueue()
-
-
-def get_num_threads() -> int:
-    """How many threads ctckit's kernels use (the calling thread included)."""
-    return _threads
-
-
-def set_num_threads(threads: int) -> None:
-    """Use ``threads`` threads for ctckit's kernels (default: the CPUs this process may run
-    on, or the ``CTCKIT_NUM_THREADS`` environment variable). Results do not depend on it."""
-    global _threads
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
-        raise TypeError(f"threads must be an int, got {type(threads).__name__}")
-    threads = operator.index(threads)
-    if not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"threads must be in [1, {MAX_THREADS}], got {threads}")
-    _threads = threads
 
 
 _forked = False
@@ -119,8 +89,6 @@ def _openmp_allowed(threads: int) -> bool:
         return False
     if not _openmp_checked:
         import numba
-
-        from ._core.chunks import probe_threading_layer
 
         with _state_lock:
             if not _openmp_checked:
@@ -245,12 +213,10 @@ def run(task: Task, costs: np.ndarray, together: Callable[[], None] | None = Non
 
     ``together()``, when given, runs every item at once on Numba's OpenMP threads: what a
     short call (under ``OPENMP_COST``) uses where it may (:func:`_openmp_allowed`)."""
-    from ._core.chunks import plan_chunks
-
     size = costs.shape[0]
     if size == 0:
         return
-    threads = _threads
+    threads = get_num_threads()
     total = float(costs.sum())
     if together is not None and total <= OPENMP_COST and _openmp_allowed(threads):
         together()
