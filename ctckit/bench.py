@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .__main__ import int_option, require
+from ._cli import int_option, require
 
 SHAPES = {  # name: (T, N, C, S_max)
     "docs": (50, 16, 20, 30),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .__main__ import SEED, int_option, require
+from ._cli import SEED, int_option, require
 
 CHARSET = "0123456789abcdefghijklmnopqrstuvwxyz"
 BLANK = 0  # class k + 1 is CHARSET[k]

@@ -67,3 +67,73 @@ def test_every_batch_kernel_caches_to_disk():
                align._viterbi_items_openmp, beam._beam_items_openmp, *batch._LOSS_ROUNDS, *batch._GRADIENT_ROUNDS]
     for kernel in kernels:
         assert type(kernel._cache).__name__ != "NullCache", kernel.py_func.__name__
+
+
+def _internal_imports():
+    """ctckit's modules and, for each, the ctckit modules it imports (at any depth of its
+    code, lazy imports included), resolved to the module or package named."""
+    import ast
+    from pathlib import Path
+
+    import ctckit
+
+    root = Path(ctckit.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = (path, parts[-1] == "__init__")
+    graph = {}
+    for name, (path, is_package) in modules.items():
+        package = name if is_package else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names if alias.name in modules)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")
+                    anchor = anchor[:len(anchor) - (node.level - 1)]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                for alias in node.names:
+                    target = f"{base}.{alias.name}"
+                    if target in modules:
+                        edges.add(target)
+                    elif base in modules:
+                        edges.add(base)
+        edges.discard(name)
+        graph[name] = edges
+    return modules, graph
+
+
+def test_no_module_of_ctckit_imports_itself_through_others():
+    modules, graph = _internal_imports()
+    assert "ctckit._core.loss.batch" in graph["ctckit._core.loss"]  # the resolution works
+    state = {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            assert state.get(target) != "open", "import cycle: " + " -> ".join(path + [target])
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_the_core_imports_no_frontend_and_no_framework():
+    modules, graph = _internal_imports()
+    for module, targets in graph.items():
+        if module.startswith("ctckit._core"):
+            outside = {t for t in targets if not t.startswith("ctckit._core")} - {"ctckit._threads"}
+            assert not outside, (module, outside)
+
+
+def test_every_source_file_stays_readable_in_one_sitting():
+    modules, _ = _internal_imports()
+    sizes = {name: len(path.read_text().splitlines()) for name, (path, _) in modules.items()}
+    assert max(sizes.values()) <= 520, sorted(sizes.items(), key=lambda item: -item[1])[:3]
