@@ -145,3 +145,16 @@ def test_readme_set_up_commands_are_the_demo_and_what_ci_runs():
     install, run = tests.split(" && ")
     assert install.replace("pip install ", "pip install --quiet ") in ci.splitlines()
     assert run in ci.splitlines()
+
+
+def test_warmup_help_says_what_it_compiles_and_its_options_are_checked(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["warmup", "--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert help_text.startswith("usage: ctckit warmup [-h] [--jobs JOBS] [--quiet]")
+    assert "Numba's on-disk cache" in help_text and "``" not in help_text
+    with pytest.raises(SystemExit) as exit_info:
+        main(["warmup", "--jobs", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --jobs: must be an integer >= 1, got 0" in capsys.readouterr().err
