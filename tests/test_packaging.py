@@ -129,7 +129,8 @@ def test_the_core_imports_no_frontend_and_no_framework():
     modules, graph = _internal_imports()
     for module, targets in graph.items():
         if module.startswith("ctckit._core"):
-            outside = {t for t in targets if not t.startswith("ctckit._core")} - {"ctckit._threads"}
+            leaves = {"ctckit._threads", "ctckit._compile_notice"}  # NumPy or Numba alone
+            outside = {t for t in targets if not t.startswith("ctckit._core")} - leaves
             assert not outside, (module, outside)
 
 
