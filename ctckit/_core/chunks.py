@@ -2,9 +2,9 @@
 operations this took about 60 us a call, more than a small batch's kernel)."""
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .config import NJIT, PARALLEL
+from .config import NJIT
 
 
 @njit(**NJIT)
@@ -44,10 +44,3 @@ def plan_chunks(costs, threads, chunk_cost):
                 target = max(left / (2 * threads), chunk_cost)
     return bounds[:chunks + 1], chunk_costs[:chunks]
 
-
-@njit(**PARALLEL)
-def probe_threading_layer(values):
-    """A trivial parallel kernel: after its first call, ``numba.threading_layer()`` says
-    which layer Numba loaded."""
-    for i in prange(values.shape[0]):
-        values[i] = i

@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 
 from .._threads import get_num_threads
-from .chunks import plan_chunks, probe_threading_layer
+from .chunks import plan_chunks
 
 SERIAL_COST = 300_000
 """Work estimated below this (ns) runs on the calling thread alone: handing a chunk to a
@@ -92,10 +92,12 @@ def _openmp_allowed(threads: int) -> bool:
 
         with _state_lock:
             if not _openmp_checked:
-                try:
-                    probe_threading_layer(np.zeros(2))
+                try:  # load the layer as Numba's first parallel launch would, without compiling a kernel (0.24 s)
+                    from numba.np.ufunc.parallel import _launch_threads
+
+                    _launch_threads()
                     layer = numba.threading_layer()
-                except (ValueError, RuntimeError):  # no layer (NUMBA_DISABLE_JIT, none loadable)
+                except Exception:  # none loadable, or another Numba: ctckit's own threads always work
                     layer = None
                 _openmp_checked = layer in ("omp", "tbb") or None
     if _openmp_checked is None:
