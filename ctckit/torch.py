@@ -6,14 +6,12 @@ Its forward computes the per-item losses and, when ``log_probs`` requires grad, 
 per-item gradient in the same pass; the backward only scales that gradient by the
 upstream one.
 
-Backends: the Numba core (:mod:`ctckit._core`) for CPU tensors, Triton kernels
-(:mod:`ctckit._triton`) for CUDA tensors, and plain torch operations
-(:mod:`ctckit._torch_ops`) for any other device.
+This module is the API and its autograd glue. The backends (the Numba core for CPU
+tensors, Triton kernels for CUDA tensors, plain torch operations for any other device),
+the choice between them and the host copies live in :mod:`ctckit._torch_backends`.
 """
 
 
-import importlib.util
-import os
 from functools import partial
 
 import numpy as np
@@ -21,69 +19,24 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import _core, _decode, _torch_ops
+from . import _core, _decode
 from ._decode import TokenSpan
 from ._inputs import (as_index_array, check_choice, check_gradient, check_options, check_shapes, check_values,
                       reduction_weights)
+from ._torch_backends import BACKENDS, BY_NAME, host, to_numpy
+from ._torch_backends import choose as _choose_backend
 
 __all__ = ["ctc_loss", "CTCLoss", "forced_align", "merge_tokens", "greedy_decode", "beam_search", "ctc_posteriors",
            "TokenSpan"]
 
-_KERNEL_DTYPES = (torch.float32, torch.float64)
 
-
-BACKENDS = ("auto", "numba", "triton", "torch")
-_KERNELS = ("numba", "triton")
-
-
-def _resolved(tensor: Tensor) -> Tensor:
-    """``tensor`` with its negative and conjugate bits applied (a lazy ``_neg_view()`` or
-    ``conj()``): ``numpy()`` and the kernels read memory, not the bits."""
-    if tensor.is_neg() or tensor.is_conj():
-        return tensor.resolve_neg().resolve_conj()
-    return tensor
-
-
-def _host(tensor: Tensor) -> np.ndarray:
-    tensor = _resolved(tensor)
-    if tensor.is_cpu and not tensor.requires_grad:
-        return tensor.numpy()  # half the time of detach().cpu().numpy()
-    return tensor.detach().cpu().numpy()
-
-
-def _batch(log_probs_shape, targets, input_lengths, target_lengths, blank, shapes=None):
-    """Validate on the host (index tensors on another device are copied once); ``shapes``:
-    what :func:`check_shapes` returned for these arguments, when the caller has it."""
+def _validated(log_probs_shape, targets, input_lengths, target_lengths, blank, shapes=None):
+    """The :class:`Batch` of the index tensors, checked on the host (copied once from another
+    device); ``shapes``: what :func:`check_shapes` returned for these arguments, when the
+    caller has it."""
     if shapes is None:
         shapes = check_shapes(log_probs_shape, targets.shape, input_lengths.shape, target_lengths.shape)
-    return shapes, check_values(shapes, _host(targets), _host(input_lengths), _host(target_lengths), blank)
-
-
-def _triton_module():
-    try:
-        from . import _triton
-    except ImportError as error:
-        raise ImportError("backend 'triton' needs the triton package: pip install 'ctckit[triton]'") from error
-    return _triton
-
-
-def _choose_backend(backend: str, device: torch.device, loss: bool = True) -> str:
-    """The backend that will run: ``"auto"`` picks Numba on the CPU, Triton on CUDA when
-    it is installed, and plain torch operations otherwise (the Numba core on a CPU copy
-    for alignment, which has no torch-operations path)."""
-    backend = check_choice(backend, "backend", BACKENDS if loss else BACKENDS[:3])
-    if backend == "auto":
-        if device.type == "cpu":
-            return "numba"
-        if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
-            return "triton"
-        return "torch" if loss else "numba"
-    if backend == "triton":
-        _triton_module()
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True"):
-            raise ValueError("backend 'triton' runs CPU tensors only in Triton's interpreter (set TRITON_INTERPRET=1 "
-                             "before importing ctckit); backend 'numba' is the fast path on the CPU")
-    return backend
+    return check_values(shapes, host(targets), host(input_lengths), host(target_lengths), blank)
 
 
 def _saved_kind(log_probs_shape, num_targets, torch_grad, need_grad):
@@ -124,19 +77,13 @@ def _ctc_loss_op(
 
 
 def _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine, batch=None):
-    """The operator's computation; ``batch``: the validated index arrays, when the caller
-    (the eager path's backward) already has them."""
-    if batch is None:
-        _, batch = _batch(log_probs.shape, targets, input_lengths, target_lengths, blank)
+    """The operator's computation, on the backend named ``engine``; ``batch``: the validated
+    index arrays, when the caller (the eager path) already has them."""
+    if batch is None:  # the operator's call (torch.compile, torch.export): its values are checked here, by design
+        batch = _validated(log_probs.shape, targets, input_lengths, target_lengths, blank)
     kind = _saved_kind(log_probs.shape, targets.numel(), torch_grad, need_grad)
-    values = _resolved(log_probs.detach())
-    if engine == "triton":
-        triton_kernels = _triton_module()
-        on_device = triton_kernels.DeviceBatch(batch, log_probs.device)
-        nll, saved = triton_kernels.negative_log_likelihood(values, on_device, blank, kind, torch_grad)
-        return nll, (log_probs.new_empty(0) if saved is None else saved.reshape(-1))
-    nll, saved = _core.negative_log_likelihood(values.numpy(), batch, blank, grad=kind, torch_grad=torch_grad)
-    return torch.from_numpy(nll), (log_probs.new_empty(0) if saved is None else torch.from_numpy(saved).reshape(-1))
+    nll, saved = BY_NAME[engine].loss(log_probs.detach(), batch, blank, kind, torch_grad)
+    return nll, (log_probs.new_empty(0) if saved is None else saved.reshape(-1))
 
 
 @_ctc_loss_op.register_fake
@@ -161,15 +108,9 @@ def _gradient_impl(saved, targets, input_lengths, target_lengths, scale, blank, 
     shape = (frames, input_lengths.shape[0], classes)
     if _saved_kind(shape, targets.numel(), torch_grad, True) == "dense":
         return saved.view(shape) * scale.to(saved.dtype)[None, :, None]
-    posteriors = saved.view(frames, -1)
-    if batch is None:
-        _, batch = _batch(shape, targets, input_lengths, target_lengths, blank)
-    if engine == "triton":
-        triton_kernels = _triton_module()
-        on_device = triton_kernels.DeviceBatch(batch, posteriors.device)
-        return triton_kernels.scatter_gradient(posteriors, on_device, blank, scale.detach(), classes)
-    scale = scale.detach().to(torch.float64).numpy()
-    return torch.from_numpy(_core.scatter_gradient(posteriors.numpy(), batch, blank, scale, classes))
+    if batch is None:  # the operator's call: checked here, as in _loss_impl
+        batch = _validated(shape, targets, input_lengths, target_lengths, blank)
+    return BY_NAME[engine].scatter(saved.view(frames, -1), batch, blank, scale.detach(), classes)
 
 
 @_gradient_op.register_fake
@@ -226,7 +167,7 @@ class _EagerLoss(torch.autograd.Function):
     def forward(ctx, log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine, batch=None):
         inputs = (log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine)
         if batch is None:
-            _, batch = _batch(log_probs.shape, targets, input_lengths, target_lengths, blank)
+            batch = _validated(log_probs.shape, targets, input_lengths, target_lengths, blank)
         nll, saved = _loss_impl(*inputs, batch=batch)
         ctx.mark_non_differentiable(saved)
         _setup_context(ctx, inputs, (nll, saved))
@@ -291,7 +232,7 @@ def ctc_loss(
     .. math:: \mathrm{loss}_n = -\log \sum_{\pi \in \mathcal{B}^{-1}(l_n)} \prod_{t < T_n} y^t_{\pi_t}
     """
     _check_log_probs(log_probs)
-    backend = _choose_backend(backend, log_probs.device)
+    backend = BY_NAME[_choose_backend(backend, log_probs.device)]
     torch_grad = check_gradient(gradient)
     blank, reduction, zero_infinity = check_options(blank, reduction, zero_infinity)
     targets = _as_index_tensor(targets, "targets")
@@ -304,27 +245,22 @@ def ctc_loss(
     out_dtype = log_probs.dtype
     if _autocast(log_probs.device) and out_dtype in (torch.float16, torch.bfloat16):
         out_dtype = torch.float32  # autocast runs torch's ctc_loss in float32 as well
-    # The Triton kernels read half types directly; the others compute in float32.
-    compute = log_probs if log_probs.dtype in _KERNEL_DTYPES or backend == "triton" else log_probs.float()
+    compute = backend.accept(log_probs, targets, input_lengths, target_lengths)  # in a dtype the backend reads
     if not shapes.batched:
         compute, targets = compute.unsqueeze(1), targets.reshape(1, -1)
-    if backend == "numba":
-        for name, tensor in (("log_probs", compute), ("targets", targets), ("input_lengths", input_lengths), ("target_lengths", target_lengths)):
-            if not tensor.is_cpu:
-                raise ValueError(f"{name} is on device '{tensor.device}'; backend 'numba' computes on the CPU "
-                                 "(pass CPU tensors, or backend='auto' or 'torch')")
     batch = None
-    if backend in _KERNELS:
+    if backend.autograd:  # plain torch operations, differentiated by autograd
+        checked = _validated(compute.shape, targets, input_lengths, target_lengths, blank)
+        nll, _ = backend.loss(compute, checked, blank, "none", torch_grad)
+    else:
         need_grad = torch.is_grad_enabled() and compute.requires_grad
-        inputs = (compute, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, backend)
+        inputs = (compute, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, backend.name)
         if not _plain_eager(compute, targets, input_lengths, target_lengths):
-            nll, _ = _ctc_loss_op(*inputs)
+            nll, _ = _ctc_loss_op(*inputs)  # validates inside the operator
         else:
-            _, batch = _batch(compute.shape, targets, input_lengths, target_lengths, blank, shapes if shapes.batched else None)
+            batch = _validated(compute.shape, targets, input_lengths, target_lengths, blank, shapes if shapes.batched else None)
             # no autograd node at all when nothing needs a gradient
             nll, _ = _EagerLoss.apply(*inputs, batch) if need_grad else _loss_impl(*inputs, batch=batch)
-    else:
-        nll = _loss_with_torch_ops(compute, targets, input_lengths, target_lengths, blank, torch_grad)
 
     if zero_infinity:
         nll = torch.where(nll == float("inf"), torch.zeros_like(nll), nll)
@@ -344,16 +280,6 @@ def _autocast(device: torch.device) -> bool:
         return torch.is_autocast_enabled(device.type)
     except RuntimeError:  # a device type without autocast
         return False
-
-
-def _loss_with_torch_ops(log_probs, targets, input_lengths, target_lengths, blank, torch_grad):
-    """Validate on the host (one copy of the index tensors), then :mod:`ctckit._torch_ops`."""
-    _, batch = _batch(log_probs.shape, targets, input_lengths, target_lengths, blank)
-    device = log_probs.device
-    as_tensor = lambda array: torch.from_numpy(array).to(device)
-    return _torch_ops.negative_log_likelihood(log_probs, as_tensor(batch.targets), as_tensor(batch.offsets),
-                                              as_tensor(batch.input_lengths), as_tensor(batch.target_lengths), blank, torch_grad,
-                                              int(batch.target_lengths.max(initial=0)))
 
 
 class CTCLoss(torch.nn.Module):
@@ -377,16 +303,6 @@ class CTCLoss(torch.nn.Module):
         return f"blank={self.blank}, reduction={self.reduction!r}, zero_infinity={self.zero_infinity}, gradient={self.gradient!r}"
 
 
-def _to_numpy(value):
-    """A tensor as a NumPy array on the host (copied from another device; float types other
-    than float32/float64 as float32); others (lists, arrays) unchanged."""
-    if isinstance(value, Tensor):
-        if value.dtype.is_floating_point and value.dtype not in _KERNEL_DTYPES:
-            value = value.float()
-        return _host(value)
-    return value
-
-
 def _check_log_probs(log_probs) -> None:
     """``log_probs`` of the tensor functions: a floating-point tensor, as for the loss."""
     if not isinstance(log_probs, Tensor):
@@ -404,39 +320,30 @@ def forced_align(log_probs, targets, input_lengths, target_lengths, blank: int =
     ``"numba"`` or ``"triton"`` force one.
     """
     _check_log_probs(log_probs)
-    device = log_probs.device
-    if _choose_backend(backend, device, loss=False) == "triton":
-        _, batch = _decode.alignable_batch(log_probs.shape, *map(_to_numpy, (targets, input_lengths, target_lengths)), blank)
-        triton_kernels = _triton_module()
-        batched = log_probs.dim() == 3
-        values = log_probs.detach() if batched else log_probs.detach().unsqueeze(1)
-        alignments, scores, best = triton_kernels.viterbi(values, triton_kernels.DeviceBatch(batch, device), int(blank))
-        _decode.check_aligned(_host(best))
-        return (alignments, scores) if batched else (alignments[0], scores[0])
-    alignments, scores = _decode.forced_align(*map(_to_numpy, (log_probs, targets, input_lengths, target_lengths)), blank)
-    return torch.from_numpy(alignments).to(device), torch.from_numpy(scores).to(device=device, dtype=log_probs.dtype)
+    backend = BY_NAME[_choose_backend(backend, log_probs.device, loss=False)]
+    return backend.align(log_probs, targets, input_lengths, target_lengths, blank)
 
 
 def merge_tokens(alignment, scores, blank: int = 0):
     """:func:`ctckit.numpy.merge_tokens` on tensors."""
-    return _decode.merge_tokens(_to_numpy(alignment), _to_numpy(scores), blank)
+    return _decode.merge_tokens(to_numpy(alignment), to_numpy(scores), blank)
 
 
 def greedy_decode(log_probs, input_lengths=None, blank: int = 0):
     """:func:`ctckit.numpy.greedy_decode` on tensors (copied to the host)."""
     _check_log_probs(log_probs)
-    return _decode.greedy_decode(_to_numpy(log_probs), _to_numpy(input_lengths), blank)
+    return _decode.greedy_decode(to_numpy(log_probs), to_numpy(input_lengths), blank)
 
 
 def beam_search(log_probs, input_lengths=None, beam_width: int = 16, blank: int = 0, top_k: int = 1, **options):
     """:func:`ctckit.numpy.beam_search` on tensors (copied to the host; same keyword-only options)."""
     _check_log_probs(log_probs)
-    return _decode.beam_search(_to_numpy(log_probs), _to_numpy(input_lengths), beam_width, blank, top_k, **options)
+    return _decode.beam_search(to_numpy(log_probs), to_numpy(input_lengths), beam_width, blank, top_k, **options)
 
 
 def ctc_posteriors(log_probs, targets, input_lengths, target_lengths, blank: int = 0):
     """:func:`ctckit.numpy.ctc_posteriors` on tensors, computed on the host, returned on
     the device of ``log_probs``."""
     _check_log_probs(log_probs)
-    posteriors = _decode.ctc_posteriors(*map(_to_numpy, (log_probs, targets, input_lengths, target_lengths)), blank)
+    posteriors = _decode.ctc_posteriors(*map(to_numpy, (log_probs, targets, input_lengths, target_lengths)), blank)
     return torch.from_numpy(posteriors).to(device=log_probs.device, dtype=log_probs.dtype)
