@@ -39,8 +39,9 @@ Modules, device side first:
 * :mod:`.loss_kernels`: the alpha pass (loss and checkpoints), the beta pass (gradient
   or compact posteriors) and the scatter of compact posteriors into a gradient;
 * :mod:`.align_kernels`: the Viterbi pass and its back-trace (forced alignment);
-* :mod:`.launch`: the host side, the only one the torch frontend calls (:data:`ctckit._torch_backends.TRITON`): block and warp
-  sizes, label ranks, working buffers, and the functions that launch the kernels.
+* :mod:`.launch`: the host side, the only one the torch frontend calls
+  (:data:`ctckit._torch_backends.TRITON`): block and warp sizes, label ranks, working
+  buffers, and the functions that launch the kernels.
 """
 
 from .align_kernels import _viterbi_kernel

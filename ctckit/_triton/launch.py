@@ -1,4 +1,5 @@
-"""The host side: what the torch frontend (:data:`ctckit._torch_backends.TRITON`) calls to run the kernels on a batch.
+"""The host side: what the torch frontend (:data:`ctckit._torch_backends.TRITON`) calls to
+run the kernels on a batch.
 
 :class:`DeviceBatch` puts a validated batch on the device with its label ranks (the
 ordered passes that let :mod:`.loss_kernels` add repeated labels without atomics) and
