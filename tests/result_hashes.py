@@ -17,22 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ctckit import bench
+
 STORE = Path(__file__).with_name("result_hashes.json")
-SHAPES = {  # the benchmark's shapes (ctckit.bench.SHAPES), bpe5k's batch halved
-    "docs": (50, 16, 20, 30),
-    "ocr": (100, 64, 100, 40),
-    "char": (500, 32, 32, 150),
-    "bpe1k": (250, 32, 1024, 80),
-    "bpe5k": (250, 8, 5000, 80),
-    "long": (2000, 8, 64, 500),
-    "xlong": (10000, 4, 32, 2000),
-}
+SHAPES = {**bench.SHAPES, "bpe5k": (250, 8, 5000, 80)}  # the benchmark's shapes, bpe5k's batch halved
 
 
 def _problem(shape, seed=0):
-    from ctckit.bench import make_problem
-
-    problem = make_problem(shape, seed)
+    problem = bench.make_problem(shape, seed)
     return problem.log_probs, problem.targets, problem.input_lengths, problem.target_lengths
 
 
