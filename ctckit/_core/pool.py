@@ -99,7 +99,8 @@ def _openmp_allowed(threads: int) -> bool:
                     layer = numba.threading_layer()
                 except Exception:  # none loadable, or another Numba: ctckit's own threads always work
                     layer = None
-                _openmp_checked = layer in ("omp", "tbb") or None
+                # one Numba thread (NUMBA_NUM_THREADS=1): the layer would add its launch for nothing
+                _openmp_checked = (layer in ("omp", "tbb") and numba.config.NUMBA_NUM_THREADS > 1) or None
     if _openmp_checked is None:
         return False
     import numba
