@@ -190,10 +190,7 @@ def loss_items_openmp(item, items, log_probs, targets, offsets, input_lengths, t
     calls only: see :mod:`..pool`)."""
     never = np.zeros(1, dtype=np.int64)  # the cancel flag: a short call is not cancelled
     for i in prange(items.shape[0]):
-        n = items[i]
-        nll[n], status[n] = call_compiled((0.0, 0), item, (unmanaged(log_probs), unmanaged(targets), unmanaged(offsets),
-                                                           unmanaged(input_lengths), unmanaged(target_lengths), n, blank,
-                                                           unmanaged(never)))
+        loss_items(item, items[i:i + 1], never, log_probs, targets, offsets, input_lengths, target_lengths, blank, nll, status)
 
 
 @njit(**PARALLEL)
@@ -202,8 +199,5 @@ def gradient_items_openmp(item, items, log_probs, targets, offsets, input_length
     """:func:`gradient_items` over all ``items`` at once, on Numba's OpenMP threads."""
     never = np.zeros(1, dtype=np.int64)
     for i in prange(items.shape[0]):
-        n = items[i]
-        nll[n], status[n] = call_compiled((0.0, 0), item, (unmanaged(log_probs), unmanaged(targets), unmanaged(offsets),
-                                                           unmanaged(input_lengths), unmanaged(target_lengths), n, blank,
-                                                           mode, torch_grad, unmanaged(scale), unmanaged(grad),
-                                                           unmanaged(post), unmanaged(never)))
+        gradient_items(item, items[i:i + 1], never, log_probs, targets, offsets, input_lengths, target_lengths, blank, mode,
+                       torch_grad, scale, nll, grad, post, status)
