@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._core import KERNEL_DTYPES, validate
+from ._core import FORMAT_BFLOAT16, FORMAT_FLOAT, FORMAT_FLOAT16, KERNEL_DTYPES, validate
 from ._core.indices import Batch
 from .errors import CTCInputError
 
@@ -86,20 +86,54 @@ def _is_ml_dtypes_float(dtype: np.dtype) -> bool:
     return dtype.name == "bfloat16" or dtype.name.startswith(_ML_FLOAT_PREFIXES)
 
 
+def as_float_array(values, name: str = "log_probs") -> np.ndarray:
+    """``values`` as a floating-point NumPy array (NumPy's or ml_dtypes' types), not copied."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError, OverflowError) as error:  # ragged nested lists, odd objects
+        raise CTCInputError(f"{name} must be a rectangular array of floats, got {type(values).__name__}: "
+                            f"{error}") from error
+    if array.dtype.kind != "f" and not _is_ml_dtypes_float(array.dtype):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {array.dtype}")
+    return array
+
+
 def as_kernel_array(log_probs) -> tuple[np.ndarray, np.dtype]:
     """``(array, original dtype)``: log-probs as a float32/float64 array, copied only when
     the dtype needs it (float16, bfloat16 and the float8 types compute in float32, wider
     types in float64)."""
-    try:
-        array = np.asarray(log_probs)
-    except (ValueError, TypeError, OverflowError) as error:  # ragged nested lists, odd objects
-        raise CTCInputError(f"log_probs must be a rectangular array of floats, got {type(log_probs).__name__}: "
-                            f"{error}") from error
-    if array.dtype.kind != "f" and not _is_ml_dtypes_float(array.dtype):
-        raise TypeError(f"log_probs must be a floating-point array, got dtype {array.dtype}")
+    array = as_float_array(log_probs)
     if array.dtype not in KERNEL_DTYPES:
         return array.astype(np.float32 if array.dtype.itemsize < 4 else np.float64), array.dtype
     return array, array.dtype
+
+
+def check_dim(dim, ndim: int) -> int:
+    """The class dimension ``dim`` of logits with ``ndim`` dimensions, as a non-negative int."""
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    if not -ndim <= dim < ndim:
+        raise CTCInputError(f"dim must be in [-{ndim}, {ndim}) for logits with {ndim} dimensions, got {dim}")
+    return int(dim) % ndim
+
+
+def as_logits_array(logits, dim) -> tuple[np.ndarray, int, np.dtype]:
+    """``(array, fmt, dtype)``: logits with their classes last (a view), as the kernels of
+    :mod:`ctckit._core.logits` read them: float32 and float64 as they are, float16 and
+    bfloat16 as their uint16 bits (``fmt``), other float types converted to float32 or
+    float64; ``dtype`` is the original one."""
+    array = as_float_array(logits, "logits")
+    if array.ndim not in (2, 3):
+        raise CTCInputError(f"logits must be (T, N, C) or unbatched (T, C), got {array.ndim} dimensions with shape "
+                            f"{array.shape}")
+    array = np.moveaxis(array, check_dim(dim, array.ndim), -1)
+    if array.dtype in KERNEL_DTYPES:
+        return array, FORMAT_FLOAT, array.dtype
+    if array.dtype == np.float16:
+        return array.view(np.uint16), FORMAT_FLOAT16, array.dtype
+    if array.dtype.name == "bfloat16":
+        return array.view(np.uint16), FORMAT_BFLOAT16, array.dtype
+    return array.astype(np.float32 if array.dtype.itemsize < 4 else np.float64), FORMAT_FLOAT, array.dtype
 
 
 def as_index_array(value, name: str) -> np.ndarray:
@@ -150,8 +184,10 @@ def _sequence_as_array(value, name: str) -> np.ndarray:
     raise TypeError(f"{name} must hold integers, got a sequence of {array.dtype}: {value!r:.60}")
 
 
-def check_shapes(log_probs_shape, targets_shape, input_lengths_shape, target_lengths_shape) -> Shapes:
-    """Check the shapes of the four array arguments; no values are read."""
+def check_shapes(log_probs_shape, targets_shape, input_lengths_shape, target_lengths_shape, values: str = "log_probs"
+                 ) -> Shapes:
+    """Check the shapes of the four array arguments; no values are read. ``values``: the
+    name of the first argument in messages (``"logits"`` for the losses on logits)."""
     lp = tuple(log_probs_shape)
     if len(lp) == 3:
         frames, batch, classes = lp
@@ -160,22 +196,22 @@ def check_shapes(log_probs_shape, targets_shape, input_lengths_shape, target_len
         (frames, classes), batch = lp, 1
         batched = False
     else:
-        raise CTCInputError(f"log_probs must be (T, N, C) or unbatched (T, C), got {len(lp)} dimensions with shape {lp}")
+        raise CTCInputError(f"{values} must be (T, N, C) or unbatched (T, C), got {len(lp)} dimensions with shape {lp}")
     if frames == 0 or classes == 0 or batch == 0:
-        raise CTCInputError(f"log_probs must not be empty, got shape {lp} (T, N and C must be at least 1)")
+        raise CTCInputError(f"{values} must not be empty, got shape {lp} (T, N and C must be at least 1)")
 
     for name, shape in (("input_lengths", input_lengths_shape), ("target_lengths", target_lengths_shape)):
         shape = tuple(shape)  # any shape with N elements, as torch (which flattens them): (N,), (N, 1), 0-d for N = 1
         if batched and math.prod(shape) != batch:
             raise CTCInputError(f"{name} must have N = {batch} elements, shape (N,) = ({batch},) or any shape of "
-                                f"{batch} elements, to match log_probs {lp}, got shape {shape}")
+                                f"{batch} elements, to match {values} {lp}, got shape {shape}")
         if not batched and math.prod(shape) != 1:
-            raise CTCInputError(f"{name} must be a single length for unbatched log_probs {lp}, got shape {shape}")
+            raise CTCInputError(f"{name} must be a single length for unbatched {values} {lp}, got shape {shape}")
 
     tg = tuple(targets_shape)
     if len(tg) == 2 and (batched or tg[0] == 1):  # unbatched: (1, S) too, as torch
         if tg[0] != batch:
-            raise CTCInputError(f"targets padded as (N, S) must have N = {batch} rows to match log_probs {lp}, got shape {tg}")
+            raise CTCInputError(f"targets padded as (N, S) must have N = {batch} rows to match {values} {lp}, got shape {tg}")
         padded, max_target = True, tg[1]
     elif len(tg) == 1:
         padded, max_target = not batched, tg[0]
@@ -246,14 +282,14 @@ def check_gradient(gradient) -> bool:
     return check_choice(gradient, "gradient", GRADIENTS) == "torch"
 
 
-def prepare(log_probs_shape, targets, input_lengths, target_lengths, blank, reduction):
+def prepare(log_probs_shape, targets, input_lengths, target_lengths, blank, reduction, values="log_probs"):
     """All checks of a loss call on NumPy-side arguments: returns ``(Shapes, Batch)``."""
     blank = check_blank(blank)
     check_reduction(reduction)
     targets = as_index_array(targets, "targets")
     input_lengths = as_index_array(input_lengths, "input_lengths")
     target_lengths = as_index_array(target_lengths, "target_lengths")
-    shapes = check_shapes(log_probs_shape, targets.shape, input_lengths.shape, target_lengths.shape)
+    shapes = check_shapes(log_probs_shape, targets.shape, input_lengths.shape, target_lengths.shape, values)
     return shapes, check_values(shapes, targets, input_lengths, target_lengths, blank)
 
 

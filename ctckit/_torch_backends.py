@@ -12,6 +12,13 @@ call by :mod:`ctckit._inputs`: a :class:`~ctckit._core.indices.Batch` of host in
   posteriors (T, len(targets) + N) in the dtype of ``log_probs``;
 * ``scatter(posteriors, batch, blank, scale, classes) -> grad``: the dense gradient
   (T, N, C) of ``sum_n scale[n] * loss_n`` from compact posteriors;
+* ``loss_from_logits(logits, batch, blank, need_grad, width) -> (nll, saved)``: the
+  losses of ``log_softmax(logits)`` (classes last) without making it, and, with
+  ``need_grad``, what :meth:`logit_gradient` needs: ``(lse, posteriors,
+  class_of_column)``, (T, N), (T, N, width) and (N, width) (see
+  :func:`ctckit._core.negative_log_likelihood_from_logits`);
+* ``logit_gradient(logits, saved, batch, nll, scale) -> grad``: the gradient of ``sum_n
+  scale[n] * loss_n`` w.r.t. the logits, in their dtype;
 * ``align(log_probs, targets, input_lengths, target_lengths, blank) -> (alignments,
   scores)``: forced alignment, validated by :mod:`ctckit._decode`, on the device of
   ``log_probs``.
@@ -96,6 +103,25 @@ class Backend:
     def align(self, log_probs: Tensor, targets, input_lengths, target_lengths, blank):
         raise NotImplementedError(f"backend {self.name!r} does not align")
 
+    def loss_from_logits(self, logits: Tensor, batch: Batch, blank: int, need_grad: bool, width: int):
+        raise NotImplementedError(f"backend {self.name!r} has no loss on logits")
+
+    def logit_gradient(self, logits: Tensor, saved, batch: Batch, nll: Tensor, scale: Tensor) -> Tensor:
+        raise NotImplementedError(f"backend {self.name!r} has no loss on logits")
+
+
+def logits_view(logits: Tensor) -> tuple[np.ndarray, int]:
+    """``(array, fmt)``: a CPU tensor of logits as the NumPy view the core reads (float16 and
+    bfloat16 as their uint16 bits, ``fmt`` saying which; other float types than these and
+    float32/float64 as a float32 copy)."""
+    logits = resolved(logits.detach())
+    if logits.dtype in KERNEL_DTYPES:
+        return logits.numpy(), _core.FORMAT_FLOAT
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        fmt = _core.FORMAT_FLOAT16 if logits.dtype == torch.float16 else _core.FORMAT_BFLOAT16
+        return logits.view(torch.int16).numpy().view(np.uint16), fmt
+    return logits.float().numpy(), _core.FORMAT_FLOAT
+
 
 class _Numba(Backend):
     """The Numba core, on NumPy views of CPU tensors (host copies for alignment)."""
@@ -119,6 +145,18 @@ class _Numba(Backend):
     def scatter(self, posteriors, batch, blank, scale, classes):
         scale = scale.to(torch.float64).numpy()
         return torch.from_numpy(_core.scatter_gradient(posteriors.numpy(), batch, blank, scale, classes))
+
+    def loss_from_logits(self, logits, batch, blank, need_grad, width):
+        array, fmt = logits_view(logits)
+        nll, saved = _core.negative_log_likelihood_from_logits(array, fmt, batch, blank, need_grad, width)
+        return torch.from_numpy(nll), (None if saved is None else tuple(map(torch.from_numpy, saved)))
+
+    def logit_gradient(self, logits, saved, batch, nll, scale):
+        array, fmt = logits_view(logits)
+        lse, posteriors, class_of_column = (tensor.numpy() for tensor in saved)
+        grad = _core.gradient_from_logits(array, fmt, (lse, posteriors, class_of_column), batch.input_lengths,
+                                          nll.detach().numpy(), scale.detach().to(torch.float64).numpy())
+        return torch.from_numpy(grad).to(logits.dtype)
 
     def align(self, log_probs, targets, input_lengths, target_lengths, blank):
         arrays = map(to_numpy, (log_probs, targets, input_lengths, target_lengths))

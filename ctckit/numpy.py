@@ -10,9 +10,9 @@ import numpy as np
 
 from . import _core, _decode
 from ._decode import TokenSpan
-from ._inputs import as_kernel_array, check_gradient, check_options, prepare, reduction_weights
+from ._inputs import as_kernel_array, as_logits_array, check_gradient, check_options, prepare, reduction_weights
 
-__all__ = ["ctc_loss", "ctc_loss_and_grad", "forced_align", "merge_tokens", "greedy_decode", "beam_search",
+__all__ = ["ctc_loss", "ctc_loss_and_grad", "ctc_loss_from_logits", "ctc_loss_and_grad_from_logits", "forced_align", "merge_tokens", "greedy_decode", "beam_search",
            "ctc_posteriors", "TokenSpan"]
 
 
@@ -74,6 +74,52 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     then yields the same logit gradient).
     """
     return _losses_and_grad(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, True, gradient)
+
+
+def _from_logits(logits, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, dim, want_grad):
+    blank, reduction, zero_infinity = check_options(blank, reduction, zero_infinity)
+    array, fmt, dtype = as_logits_array(logits, dim)
+    shapes, batch = prepare(array.shape, targets, input_lengths, target_lengths, blank, reduction, "logits")
+    batched_view = array if shapes.batched else array[:, None, :]
+    nll, saved = _core.negative_log_likelihood_from_logits(batched_view, fmt, batch, blank, want_grad)
+    weights = reduction_weights(batch.target_lengths, reduction)
+    grad = None
+    if want_grad:
+        grad = _core.gradient_from_logits(batched_view, fmt, saved, batch.input_lengths, nll, weights)
+        grad = np.moveaxis(grad if shapes.batched else grad[:, 0, :], -1, dim).astype(dtype, copy=False)
+    if zero_infinity:
+        nll[nll == np.inf] = 0.0
+    loss = (nll if shapes.batched else nll.reshape(())) if reduction == "none" else np.asarray(np.dot(weights, nll))
+    return loss.astype(dtype), grad
+
+
+def ctc_loss_from_logits(logits, targets, input_lengths, target_lengths, blank=0, reduction="mean", zero_infinity=False,
+                         *, dim=-1):
+    r""":func:`ctc_loss` of ``log_softmax(logits)``, computed without making the log-softmax.
+
+    ``logits``: (T, N, C) or unbatched (T, C) unnormalised scores, float16, bfloat16,
+    float32 or float64 (read as they are; sums in float64), with the classes on dimension
+    ``dim`` (the others, in order, are T and N): the loss is that of
+    ``log_softmax(np.moveaxis(logits, dim, -1))``. The other arguments and the result are
+    those of :func:`ctc_loss`. Only the log-softmax of the blank's and the labels' classes
+    is ever made (see :func:`ctc_loss_and_grad_from_logits` for the gradient).
+
+    .. math:: \mathrm{loss}_n = -\log \sum_{\pi \in \mathcal{B}^{-1}(l_n)} \prod_{t}
+        \frac{e^{x_{t,n,\pi_t}}}{\sum_c e^{x_{t,n,c}}}
+    """
+    loss, _ = _from_logits(logits, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, dim, False)
+    return loss
+
+
+def ctc_loss_and_grad_from_logits(logits, targets, input_lengths, target_lengths, blank=0, reduction="mean",
+                                  zero_infinity=False, *, dim=-1):
+    """``(loss, grad)``: :func:`ctc_loss_from_logits` and its exact gradient w.r.t. the logits,
+    ``scale_n * (softmax(x) - posterior occupation of each class)`` on the frames an item
+    uses (``scale_n`` from the reduction; ``reduction="none"``: the gradient of the sum),
+    zero on padding frames and for targets that cannot be aligned (their loss is ``inf``,
+    with or without ``zero_infinity``), NaN on the frames of an item whose loss is NaN.
+    ``grad`` has the shape and dtype of ``logits``; classes masked with ``-inf`` get 0."""
+    return _from_logits(logits, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, dim, True)
 
 
 def forced_align(log_probs, targets, input_lengths, target_lengths, blank=0):

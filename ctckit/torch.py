@@ -14,29 +14,20 @@ the choice between them and the host copies live in :mod:`ctckit._torch_backends
 
 from functools import partial
 
-import numpy as np
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _core, _decode
 from ._decode import TokenSpan
-from ._inputs import (as_index_array, check_choice, check_gradient, check_options, check_shapes, check_values,
-                      reduction_weights)
-from ._torch_backends import BACKENDS, BY_NAME, host, to_numpy
+from ._inputs import check_choice, check_gradient, check_options, check_shapes
+from ._torch_backends import BACKENDS, BY_NAME, to_numpy
 from ._torch_backends import choose as _choose_backend
+from ._torch_logits import CTCLossFromLogits, ctc_loss_from_logits
+from ._torch_common import (NoDoubleBackward, as_index_tensor, check_float_tensor, loss_dtype, plain_eager, reduced,
+                            validated)
 
-__all__ = ["ctc_loss", "CTCLoss", "forced_align", "merge_tokens", "greedy_decode", "beam_search", "ctc_posteriors",
+__all__ = ["ctc_loss", "CTCLoss", "ctc_loss_from_logits", "CTCLossFromLogits", "forced_align", "merge_tokens", "greedy_decode", "beam_search", "ctc_posteriors",
            "TokenSpan"]
-
-
-def _validated(log_probs_shape, targets, input_lengths, target_lengths, blank, shapes=None):
-    """The :class:`Batch` of the index tensors, checked on the host (copied once from another
-    device); ``shapes``: what :func:`check_shapes` returned for these arguments, when the
-    caller has it."""
-    if shapes is None:
-        shapes = check_shapes(log_probs_shape, targets.shape, input_lengths.shape, target_lengths.shape)
-    return check_values(shapes, host(targets), host(input_lengths), host(target_lengths), blank)
 
 
 def _saved_kind(log_probs_shape, num_targets, torch_grad, need_grad):
@@ -80,7 +71,7 @@ def _loss_impl(log_probs, targets, input_lengths, target_lengths, blank, torch_g
     """The operator's computation, on the backend named ``engine``; ``batch``: the validated
     index arrays, when the caller (the eager path) already has them."""
     if batch is None:  # the operator's call (torch.compile, torch.export): its values are checked here, by design
-        batch = _validated(log_probs.shape, targets, input_lengths, target_lengths, blank)
+        batch = validated(log_probs.shape, targets, input_lengths, target_lengths, blank)
     kind = _saved_kind(log_probs.shape, targets.numel(), torch_grad, need_grad)
     nll, saved = BY_NAME[engine].loss(log_probs.detach(), batch, blank, kind, torch_grad)
     return nll, (log_probs.new_empty(0) if saved is None else saved.reshape(-1))
@@ -109,7 +100,7 @@ def _gradient_impl(saved, targets, input_lengths, target_lengths, scale, blank, 
     if _saved_kind(shape, targets.numel(), torch_grad, True) == "dense":
         return saved.view(shape) * scale.to(saved.dtype)[None, :, None]
     if batch is None:  # the operator's call: checked here, as in _loss_impl
-        batch = _validated(shape, targets, input_lengths, target_lengths, blank)
+        batch = validated(shape, targets, input_lengths, target_lengths, blank)
     return BY_NAME[engine].scatter(saved.view(frames, -1), batch, blank, scale.detach(), classes)
 
 
@@ -124,21 +115,6 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[1], log_probs, targets, input_lengths, target_lengths)
 
 
-class _NoDoubleBackward(torch.autograd.Function):
-    """Identity on the gradient that refuses to be differentiated w.r.t. log_probs."""
-
-    @staticmethod
-    def forward(ctx, grad, log_probs):
-        return grad.clone()
-
-    @staticmethod
-    def backward(ctx, _):
-        raise RuntimeError(
-            "ctckit's ctc_loss does not support double backward (a gradient of its gradient "
-            "w.r.t. log_probs)"
-        )
-
-
 def _backward(ctx, grad_nll, _grad_of_saved):
     saved, log_probs, targets, input_lengths, target_lengths = ctx.saved_tensors
     if getattr(ctx, "eager", False):  # the forward's validated batch: the saved tensors are unchanged (autograd checks)
@@ -151,7 +127,7 @@ def _backward(ctx, grad_nll, _grad_of_saved):
     grad = gradient(saved, targets, input_lengths, target_lengths, grad_nll, ctx.blank, frames, classes, ctx.torch_grad,
                     ctx.engine)
     if torch.is_grad_enabled() and log_probs.requires_grad:
-        grad = _NoDoubleBackward.apply(grad, log_probs)
+        grad = NoDoubleBackward.apply(grad, log_probs)
     return grad, None, None, None, None, None, None, None
 
 
@@ -167,7 +143,7 @@ class _EagerLoss(torch.autograd.Function):
     def forward(ctx, log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine, batch=None):
         inputs = (log_probs, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, engine)
         if batch is None:
-            batch = _validated(log_probs.shape, targets, input_lengths, target_lengths, blank)
+            batch = validated(log_probs.shape, targets, input_lengths, target_lengths, blank)
         nll, saved = _loss_impl(*inputs, batch=batch)
         ctx.mark_non_differentiable(saved)
         _setup_context(ctx, inputs, (nll, saved))
@@ -177,30 +153,6 @@ class _EagerLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_nll, grad_of_saved):
         return *_backward(ctx, grad_nll, grad_of_saved), None
-
-
-def _plain_eager(*tensors) -> bool:
-    """Whether the operator may be bypassed: eager mode, plain tensors, no tracing mode."""
-    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
-        return False
-    return all(type(t) is Tensor and not _is_functorch_wrapped(t) for t in tensors)
-
-
-def _is_functorch_wrapped(tensor: Tensor) -> bool:
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(check(tensor)) if check is not None else False
-
-
-def _as_index_tensor(value, name: str) -> Tensor:
-    """An index argument as a tensor: tensors as they are, others (lists, ints, arrays of
-    any byte order) through :func:`as_index_array` and a host copy in native byte order
-    (uint64 stays uint64: values past int64 are reported by the checks, unwrapped)."""
-    if isinstance(value, Tensor):
-        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
-            raise TypeError(f"{name} must have an integer dtype (int32 or int64), got {value.dtype}")
-        return value
-    array = as_index_array(value, name)
-    return torch.from_numpy(np.array(array, dtype=array.dtype.newbyteorder("="), order="C"))
 
 
 def ctc_loss(
@@ -231,55 +183,36 @@ def ctc_loss(
 
     .. math:: \mathrm{loss}_n = -\log \sum_{\pi \in \mathcal{B}^{-1}(l_n)} \prod_{t < T_n} y^t_{\pi_t}
     """
-    _check_log_probs(log_probs)
+    check_float_tensor(log_probs)
     backend = BY_NAME[_choose_backend(backend, log_probs.device)]
     torch_grad = check_gradient(gradient)
     blank, reduction, zero_infinity = check_options(blank, reduction, zero_infinity)
-    targets = _as_index_tensor(targets, "targets")
-    input_lengths = _as_index_tensor(input_lengths, "input_lengths")
-    target_lengths = _as_index_tensor(target_lengths, "target_lengths")
+    targets = as_index_tensor(targets, "targets")
+    input_lengths = as_index_tensor(input_lengths, "input_lengths")
+    target_lengths = as_index_tensor(target_lengths, "target_lengths")
     shapes = check_shapes(log_probs.shape, targets.shape, input_lengths.shape, target_lengths.shape)
     if input_lengths.dim() != 1 or target_lengths.dim() != 1:  # any shape with N elements, as torch: (N,) from here on
         input_lengths, target_lengths = input_lengths.reshape(-1), target_lengths.reshape(-1)
 
-    out_dtype = log_probs.dtype
-    if _autocast(log_probs.device) and out_dtype in (torch.float16, torch.bfloat16):
-        out_dtype = torch.float32  # autocast runs torch's ctc_loss in float32 as well
+    out_dtype = loss_dtype(log_probs)
     compute = backend.accept(log_probs, targets, input_lengths, target_lengths)  # in a dtype the backend reads
     if not shapes.batched:
         compute, targets = compute.unsqueeze(1), targets.reshape(1, -1)
     batch = None
     if backend.autograd:  # plain torch operations, differentiated by autograd
-        checked = _validated(compute.shape, targets, input_lengths, target_lengths, blank)
+        checked = validated(compute.shape, targets, input_lengths, target_lengths, blank)
         nll, _ = backend.loss(compute, checked, blank, "none", torch_grad)
     else:
         need_grad = torch.is_grad_enabled() and compute.requires_grad
         inputs = (compute, targets, input_lengths, target_lengths, blank, torch_grad, need_grad, backend.name)
-        if not _plain_eager(compute, targets, input_lengths, target_lengths):
+        if not plain_eager(compute, targets, input_lengths, target_lengths):
             nll, _ = _ctc_loss_op(*inputs)  # validates inside the operator
         else:
-            batch = _validated(compute.shape, targets, input_lengths, target_lengths, blank, shapes if shapes.batched else None)
+            batch = validated(compute.shape, targets, input_lengths, target_lengths, blank, shapes if shapes.batched else None)
             # no autograd node at all when nothing needs a gradient
             nll, _ = _EagerLoss.apply(*inputs, batch) if need_grad else _loss_impl(*inputs, batch=batch)
 
-    if zero_infinity:
-        nll = torch.where(nll == float("inf"), torch.zeros_like(nll), nll)
-    if reduction == "none":
-        return (nll if shapes.batched else nll[0]).to(out_dtype)
-    if reduction == "mean":
-        if batch is not None and nll.is_cpu:  # from the validated lengths: 17 us instead of 29 in torch operations
-            weights = torch.from_numpy(reduction_weights(batch.target_lengths, reduction))
-        else:
-            weights = 1.0 / (target_lengths.to(device=nll.device, dtype=torch.float64).clamp_min(1) * shapes.batch)
-        return (nll * weights).sum().to(out_dtype)
-    return nll.sum().to(out_dtype)
-
-
-def _autocast(device: torch.device) -> bool:
-    try:
-        return torch.is_autocast_enabled(device.type)
-    except RuntimeError:  # a device type without autocast
-        return False
+    return reduced(nll, reduction, zero_infinity, shapes, batch, target_lengths, out_dtype)
 
 
 class CTCLoss(torch.nn.Module):
@@ -303,14 +236,6 @@ class CTCLoss(torch.nn.Module):
         return f"blank={self.blank}, reduction={self.reduction!r}, zero_infinity={self.zero_infinity}, gradient={self.gradient!r}"
 
 
-def _check_log_probs(log_probs) -> None:
-    """``log_probs`` of the tensor functions: a floating-point tensor, as for the loss."""
-    if not isinstance(log_probs, Tensor):
-        raise TypeError(f"log_probs must be a torch.Tensor, got {type(log_probs).__name__}")
-    if not log_probs.dtype.is_floating_point:
-        raise TypeError(f"log_probs must be a floating-point tensor, got {log_probs.dtype}")
-
-
 def forced_align(log_probs, targets, input_lengths, target_lengths, blank: int = 0, *, backend: str = "auto"):
     """:func:`ctckit.numpy.forced_align` on tensors: ``(alignments, scores)`` as tensors
     (int64 and the dtype of ``log_probs``) on the device of ``log_probs``.
@@ -319,7 +244,7 @@ def forced_align(log_probs, targets, input_lengths, target_lengths, blank: int =
     CUDA tensors (when triton is installed), the Numba core on a CPU copy otherwise;
     ``"numba"`` or ``"triton"`` force one.
     """
-    _check_log_probs(log_probs)
+    check_float_tensor(log_probs)
     backend = BY_NAME[_choose_backend(backend, log_probs.device, loss=False)]
     return backend.align(log_probs, targets, input_lengths, target_lengths, blank)
 
@@ -331,19 +256,19 @@ def merge_tokens(alignment, scores, blank: int = 0):
 
 def greedy_decode(log_probs, input_lengths=None, blank: int = 0):
     """:func:`ctckit.numpy.greedy_decode` on tensors (copied to the host)."""
-    _check_log_probs(log_probs)
+    check_float_tensor(log_probs)
     return _decode.greedy_decode(to_numpy(log_probs), to_numpy(input_lengths), blank)
 
 
 def beam_search(log_probs, input_lengths=None, beam_width: int = 16, blank: int = 0, top_k: int = 1, **options):
     """:func:`ctckit.numpy.beam_search` on tensors (copied to the host; same keyword-only options)."""
-    _check_log_probs(log_probs)
+    check_float_tensor(log_probs)
     return _decode.beam_search(to_numpy(log_probs), to_numpy(input_lengths), beam_width, blank, top_k, **options)
 
 
 def ctc_posteriors(log_probs, targets, input_lengths, target_lengths, blank: int = 0):
     """:func:`ctckit.numpy.ctc_posteriors` on tensors, computed on the host, returned on
     the device of ``log_probs``."""
-    _check_log_probs(log_probs)
+    check_float_tensor(log_probs)
     posteriors = _decode.ctc_posteriors(*map(to_numpy, (log_probs, targets, input_lengths, target_lengths)), blank)
     return torch.from_numpy(posteriors).to(device=log_probs.device, dtype=log_probs.dtype)

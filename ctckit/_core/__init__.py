@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import _compile_notice  # noqa: F401  (a notice on stderr while a kernel compiles)
 from .indices import Batch
+from .logits import FORMAT_BFLOAT16, FORMAT_FLOAT, FORMAT_FLOAT16, compact_columns, gather_log_probs, logit_gradient
 from .loss import GRAD_COMPACT, GRAD_DENSE, GRAD_NONE, ctc_loss_batch, scatter_posteriors
 
 KERNEL_DTYPES = (np.float32, np.float64)
@@ -64,3 +65,42 @@ def scatter_gradient(post: np.ndarray, batch: Batch, blank: int, scale: np.ndarr
     scatter_posteriors(post, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths,
                        blank, np.ascontiguousarray(scale, dtype=np.float64), grad)
     return grad
+
+
+def gradient_dtype(logits_dtype, fmt: int) -> np.dtype:
+    """The dtype the logit gradient is computed in: float64 for float64 logits, else float32."""
+    return np.dtype(np.float64 if fmt == FORMAT_FLOAT and logits_dtype == np.float64 else np.float32)
+
+
+def negative_log_likelihood_from_logits(logits: np.ndarray, fmt: int, batch: Batch, blank: int, want_grad: bool,
+                                        width: int | None = None):
+    """:func:`negative_log_likelihood` of ``log_softmax(logits)`` (classes last), without
+    making it (see :mod:`.logits`): ``(nll, saved)``, ``saved`` what
+    :func:`gradient_from_logits` needs, ``(lse, posteriors, class_of_column)``: float64
+    (T, N), (T, N, K) in :func:`gradient_dtype` (minus the posteriors of each item's
+    distinct classes), int64 (N, K); ``None`` without ``want_grad``. ``width``: K, at least
+    the most distinct classes (blank included) of an item (default: exactly that).
+    ``logits``: float32, float64, or the uint16 bits of float16/bfloat16 (``fmt``), any
+    strides."""
+    columns, class_of_column = compact_columns(batch.targets, batch.offsets, batch.target_lengths, logits.shape[2], blank)
+    if width is not None and width != class_of_column.shape[1]:
+        padded = np.full((class_of_column.shape[0], width), -1, dtype=np.int64)
+        padded[:, :class_of_column.shape[1]] = class_of_column
+        class_of_column = padded
+    lse, compact = gather_log_probs(logits, fmt, batch.input_lengths, class_of_column)
+    by_column = Batch(columns, batch.offsets, batch.input_lengths, batch.target_lengths)
+    nll, posteriors = negative_log_likelihood(compact, by_column, 0, grad="dense" if want_grad else "none")
+    if not want_grad:
+        return nll, None
+    return nll, (lse, posteriors.astype(gradient_dtype(logits.dtype, fmt), copy=False), class_of_column)
+
+
+def gradient_from_logits(logits: np.ndarray, fmt: int, saved, input_lengths: np.ndarray, nll: np.ndarray,
+                         scale: np.ndarray) -> np.ndarray:
+    """The gradient of ``sum_n scale[n] * nll[n]`` w.r.t. the logits (same shape, in
+    :func:`gradient_dtype`): the exact derivative, zero for an infeasible item (``nll``
+    infinite, as the loss on log-probs gives) and NaN on the frames of an item whose loss
+    is NaN."""
+    lse, posteriors, class_of_column = saved
+    scale = np.where(np.isinf(nll), 0.0, np.where(np.isnan(nll), np.nan, np.asarray(scale, dtype=np.float64)))
+    return logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, posteriors.dtype)

@@ -108,6 +108,20 @@ def float_from_bits(typingctx, bits):
 
 
 @intrinsic
+def float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE 754 bit pattern is the int32 ``bits`` (a bit cast):
+    ``float32_from_bits((e + 127) << 23) == 2.0 ** e`` for normal ``e``."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = context.cast(builder, args[0], sig.args[0], types.int32)
+        return builder.bitcast(value, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
 def bits_from_float(typingctx, value):
     """The IEEE 754 bit pattern of the float64 ``value``, as an int64 (a bit cast, no
     conversion): bits 52-62 hold the biased exponent."""
@@ -118,6 +132,18 @@ def bits_from_float(typingctx, value):
         return builder.bitcast(context.cast(builder, args[0], sig.args[0], types.float64), ir.IntType(64))
 
     return types.int64(value), codegen
+
+
+@intrinsic
+def bits_from_float32(typingctx, value):
+    """The IEEE 754 bit pattern of the float32 ``value``, as an int32 (a bit cast)."""
+    if not isinstance(value, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(context.cast(builder, args[0], sig.args[0], types.float32), ir.IntType(32))
+
+    return types.int32(value), codegen
 
 
 @intrinsic
@@ -188,6 +214,14 @@ if config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1, used to check the k
     def float_from_bits(bits):
         """The float64 with bit pattern ``bits`` (its low 64 bits, as the compiled shift keeps)."""
         return float(np.array(int(bits) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64).view(np.float64))
+
+    def float32_from_bits(bits):
+        """The float32 with bit pattern ``bits`` (its low 32 bits)."""
+        return np.array(int(bits) & 0xFFFFFFFF, dtype=np.uint32).view(np.float32)[()]
+
+    def bits_from_float32(value):
+        """The bit pattern of the float32 ``value``."""
+        return int(np.array(value, dtype=np.float32).view(np.int32))
 
     def bits_from_float(value):
         """The bit pattern of the float64 ``value``."""

@@ -1,0 +1,267 @@
+r"""The loss on logits: log-softmax folded into the loss, its backward into one pass.
+
+A training step computes ``ctc_loss(log_softmax(x))``. Written out, the log-softmax
+``log y[t, n, c] = x[t, n, c] - lse[t, n]``, ``lse = log sum_c exp(x[t, n, c])``, makes a
+(T, N, C) array, its backward reads two more and writes a third. But the CTC recursions
+(Graves et al., eqs. 6-16) read only the columns of the blank and of the labels an item
+uses, and the gradient w.r.t. the logits has a closed form (eq. 16 through the softmax):
+
+.. math:: \partial\,\mathrm{loss}_n / \partial x_{t,n,c} = y_{t,n,c} - \gamma_{t,n}(c),
+
+the softmax minus the posterior occupation of class c at frame t (zero for classes the
+target does not use). So:
+
+1. :func:`compact_columns`: each item's distinct classes, blank first, get columns
+   ``0 .. K_n - 1``; its labels are renumbered by column (equal labels stay equal, so
+   repeats are still repeats).
+2. :func:`gather_log_probs`: one pass over the logits, a frame at a time, computes ``lse``
+   and writes only the used columns of the log-softmax, in float64: a (T, N, K) array,
+   ``K <= min(C, max target length + 1)``.
+3. The core's loss and exact gradient on that array (:mod:`.loss`): ``-gamma`` per column.
+4. :func:`logit_gradient` (the backward): one more pass, ``scale[n] * (exp(x - lse) -
+   gamma)``, written once into the output.
+
+Nothing (T, N, C) is made but the gradient itself; the backward keeps ``lse`` and the
+(T, N, K) posteriors. Logits are read as they are: float32, float64, and float16 or
+bfloat16 through their bits (uint16, ``FORMAT_*``), converted exactly to float64 in the
+row buffer; every sum is float64.
+"""
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from . import pool
+from .config import HOT, INLINE, NJIT
+from .intrinsics import float_from_bits, is_set, unmanaged
+from .vexp import vexp32_shifted, vexp_shifted
+
+FORMAT_FLOAT, FORMAT_FLOAT16, FORMAT_BFLOAT16 = 0, 1, 2
+"""How the kernels read logits: a float32/float64 array as it is, or a uint16 array of the
+bits of IEEE half floats or of bfloat16 values."""
+
+ROW_NS = 2.0
+"""Estimated ns per logit of a pass (one exp and a few loads and stores): only to split frames between threads."""
+
+
+@njit(**NJIT)
+def compact_columns(targets, offsets, target_lengths, classes, blank):
+    """``(columns, class_of_column)``: item n's labels renumbered by column (``columns``, the
+    layout of ``targets``; padding keeps its values), and ``class_of_column[n, j]``, the
+    class of its column j (``-1`` past its ``K_n`` distinct classes; column 0 is the blank)."""
+    size = offsets.shape[0]
+    longest = 0
+    for n in range(size):
+        longest = max(longest, target_lengths[n])
+    width = min(classes, longest + 1)
+    class_of_column = np.full((size, width), -1, dtype=np.int64)
+    column_of_class = np.full(classes, -1, dtype=np.int64)
+    columns = targets.copy()
+    used_most = 1
+    for n in range(size):
+        column_of_class[blank] = 0
+        class_of_column[n, 0] = blank
+        used = 1
+        start = offsets[n]
+        for k in range(target_lengths[n]):
+            label = targets[start + k]
+            if column_of_class[label] < 0:
+                column_of_class[label] = used
+                class_of_column[n, used] = label
+                used += 1
+            columns[start + k] = column_of_class[label]
+        for j in range(used):
+            column_of_class[class_of_column[n, j]] = -1
+        used_most = max(used_most, used)
+    return columns, class_of_column[:, :used_most].copy()
+
+
+def _readable_row(source, fmt, row):
+    """``source`` (a row of logits) as values the float kernels read: itself for a float
+    array, else its half floats converted (exactly) into ``row`` (float32), which is
+    returned."""
+
+
+@overload(_readable_row, inline="always")
+def _readable_row_impl(source, fmt, row):
+    if not isinstance(source.dtype, types.Integer):
+        return lambda source, fmt, row: source
+
+    def convert_bits(source, fmt, row):
+        if fmt == FORMAT_BFLOAT16:
+            for c in range(row.shape[0]):
+                row[c] = _bfloat16_value(np.int64(source[c]))
+        else:
+            for c in range(row.shape[0]):
+                row[c] = _float16_value(np.int64(source[c]))
+        return row
+    return convert_bits
+
+
+def _exp_sum(values, shift, row, row32):
+    """``sum_c exp(values[c] - shift)`` in float64, the exps in the precision of ``values``
+    (float32: :func:`.vexp32_shifted`, relative error below 3e-7, twice as fast)."""
+
+
+@overload(_exp_sum, inline="always")
+def _exp_sum_impl(values, shift, row, row32):
+    single = values.dtype == types.float32
+
+    def exp_sum(values, shift, row, row32):
+        exps = row32 if single else row
+        if single:
+            vexp32_shifted(values, shift, row32)
+        else:
+            vexp_shifted(values, shift, row)
+        total = 0.0
+        for c in range(exps.shape[0]):
+            total += np.float64(exps[c])
+        return total
+    return exp_sum
+
+
+def _softmax_row(values, shift, factor, row, row32, out):
+    """``(exps, factor)``: ``exp(values - shift)`` in the precision of ``out`` (float32 or
+    float64; in the scratch row of that type, which is returned) and ``factor`` in it."""
+
+
+@overload(_softmax_row, inline="always")
+def _softmax_row_impl(values, shift, factor, row, row32, out):
+    if out.dtype == types.float32:
+        def in_float32(values, shift, factor, row, row32, out):
+            vexp32_shifted(values, shift, row32)
+            return row32, np.float32(factor)
+        return in_float32
+
+    def in_float64(values, shift, factor, row, row32, out):
+        vexp_shifted(values, shift, row)
+        return row, np.float64(factor)
+    return in_float64
+
+
+@njit(**INLINE)
+def _from_fields(bits, exponent_bits, mantissa_bits, bias):
+    """The float64 value of a small IEEE binary float given as its bits (sign, exponent,
+    mantissa): exact, subnormals, infinities and NaN included; branch-free selects."""
+    top = (1 << exponent_bits) - 1
+    exponent = (bits >> mantissa_bits) & top
+    mantissa = bits & ((1 << mantissa_bits) - 1)
+    significand = mantissa + ((1 << mantissa_bits) if exponent > 0 else 0)
+    power = float_from_bits((max(exponent, 1) - bias - mantissa_bits + 1023) << 52)
+    value = significand * power
+    value = value if exponent < top else (np.inf if mantissa == 0 else np.nan)
+    return -value if (bits >> (exponent_bits + mantissa_bits)) & 1 else value
+
+
+@njit(**INLINE)
+def _float16_value(bits):
+    return _from_fields(bits, 5, 10, 15)
+
+
+@njit(**INLINE)
+def _bfloat16_value(bits):
+    return _from_fields(bits, 8, 7, 127)
+
+
+@njit(**INLINE)
+def _row_max(row):
+    """The largest value of ``row``, NaN skipped (the sum of exps after it propagates it),
+    on eight independent maxima: LLVM does not vectorise a max over floats without
+    ``nnan``, and one chain of compares costs 0.56 ns an element (8 chains: 0.2)."""
+    size = row.shape[0]
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -np.inf
+    c = 0
+    while c + 8 <= size:
+        v0, v1, v2, v3 = row[c], row[c + 1], row[c + 2], row[c + 3]
+        v4, v5, v6, v7 = row[c + 4], row[c + 5], row[c + 6], row[c + 7]
+        m0, m1, m2, m3 = (v0 if v0 > m0 else m0), (v1 if v1 > m1 else m1), (v2 if v2 > m2 else m2), (v3 if v3 > m3 else m3)
+        m4, m5, m6, m7 = (v4 if v4 > m4 else m4), (v5 if v5 > m5 else m5), (v6 if v6 > m6 else m6), (v7 if v7 > m7 else m7)
+        c += 8
+    while c < size:
+        v = row[c]
+        m0 = v if v > m0 else m0
+        c += 1
+    top = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    return np.float64(top)
+
+
+@njit(**HOT)
+def _gather_frames(frames, cancel, logits, fmt, input_lengths, class_of_column, lse, compact):
+    """:func:`gather_log_probs` over the frame indices ``frames``."""
+    size, classes, width = logits.shape[1], logits.shape[2], compact.shape[2]
+    row = np.empty(classes)
+    row32 = np.empty(classes, dtype=np.float32)
+    half = np.empty(classes, dtype=np.float32)
+    for i in range(frames.shape[0]):
+        if is_set(cancel):
+            return
+        t = frames[i]
+        for n in range(size):
+            if t >= input_lengths[n]:
+                lse[t, n] = 0.0
+                for j in range(width):
+                    compact[t, n, j] = 0.0
+                continue
+            values = _readable_row(unmanaged(logits)[t, n], fmt, half)
+            top = _row_max(values)
+            log_norm = top + np.log(_exp_sum(values, top, row, row32))
+            lse[t, n] = log_norm
+            for j in range(width):
+                c = class_of_column[n, j]
+                compact[t, n, j] = np.float64(values[c]) - log_norm if c >= 0 else -np.inf
+
+
+@njit(**HOT)
+def _gradient_frames(frames, cancel, logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad):
+    """:func:`logit_gradient` over the frame indices ``frames``: the softmax times the
+    item's scale, written once (float32 output: exps in float32, see
+    :func:`.vexp32_shifted`), then the classes the item uses again, with their
+    posteriors, rounded once from float64."""
+    size, classes, width = logits.shape[1], logits.shape[2], class_of_column.shape[1]
+    row = np.empty(classes)
+    row32 = np.empty(classes, dtype=np.float32)
+    half = np.empty(classes, dtype=np.float32)
+    out = unmanaged(grad)
+    for i in range(frames.shape[0]):
+        if is_set(cancel):
+            return
+        t = frames[i]
+        for n in range(size):
+            factor = scale[n]
+            target = out[t, n]
+            if t >= input_lengths[n] or factor == 0.0:
+                for c in range(classes):
+                    target[c] = 0.0
+                continue
+            values = _readable_row(unmanaged(logits)[t, n], fmt, half)
+            exps, rounded_factor = _softmax_row(values, lse[t, n], factor, row, row32, target)
+            for c in range(classes):
+                target[c] = exps[c] * rounded_factor
+            for j in range(width):  # the posteriors (minus, as the core's exact gradient) of each used class
+                c = class_of_column[n, j]
+                if c >= 0:
+                    target[c] = factor * (np.float64(exps[c]) + posteriors[t, n, j])
+
+
+def gather_log_probs(logits, fmt, input_lengths, class_of_column):
+    """``(lse, compact)``: ``lse[t, n]`` (float64 (T, N)) and the used columns of the
+    log-softmax, ``compact[t, n, j] = x[t, n, class_of_column[n, j]] - lse[t, n]`` (float64
+    (T, N, K), ``-inf`` past an item's columns); zeros on frames past an item's length."""
+    frames, size, classes = logits.shape
+    lse = np.empty((frames, size))
+    compact = np.empty((frames, size, class_of_column.shape[1]))
+    arguments = (logits, fmt, input_lengths, class_of_column, lse, compact)
+    pool.run(lambda chunk, cancel: _gather_frames(chunk, cancel, *arguments), np.full(frames, ROW_NS * size * classes))
+    return lse, compact
+
+
+def logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, out_dtype):
+    """The gradient of ``sum_n scale[n] loss_n`` w.r.t. the logits, (T, N, C) in
+    ``out_dtype``: ``scale[n] * (exp(x - lse) + posteriors)`` with ``posteriors`` the core's
+    exact gradient w.r.t. the compact log-probs (minus the occupation of each column's
+    class); zero on frames past an item's length and for items with ``scale[n] == 0``."""
+    frames, size, classes = logits.shape
+    grad = np.empty((frames, size, classes), dtype=out_dtype)
+    arguments = (logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad)
+    pool.run(lambda chunk, cancel: _gradient_frames(chunk, cancel, *arguments), np.full(frames, ROW_NS * size * classes))
+    return grad
