@@ -191,6 +191,13 @@ class _Triton(Backend):
         kernels = self.kernels()
         return kernels.scatter_gradient(posteriors, kernels.DeviceBatch(batch, posteriors.device), blank, scale, classes)
 
+    def loss_from_logits(self, logits, batch, blank, need_grad, width):
+        gradient_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        return self.kernels().loss_from_logits(resolved(logits), batch, blank, need_grad, width, gradient_dtype)
+
+    def logit_gradient(self, logits, saved, batch, nll, scale):
+        return self.kernels().logit_gradient(resolved(logits), saved, batch, nll, scale)
+
     def align(self, log_probs, targets, input_lengths, target_lengths, blank):
         _, batch = _decode.alignable_batch(log_probs.shape, *map(to_numpy, (targets, input_lengths, target_lengths)), blank)
         kernels = self.kernels()

@@ -224,6 +224,9 @@ kernels = [
      dict(BLOCK=4096, BLOCK_C=1024, COMPACT=True, TORCH_GRAD=False)),
     (_triton._scatter_kernel, dict(post_ptr=lp, scale_ptr=f64, grad_ptr=lp), dict(BLOCK_L=128)),
     (_triton._viterbi_kernel, dict(lp_ptr=lp, ring_ptr=f64, back_ptr="*i8", score_ptr=lp, best_ptr=f64), dict(BLOCK=256)),
+    (_triton._gather_kernel, dict(x_ptr=lp, lse_ptr=f64, compact_ptr=f64), dict(BLOCK_C=1024, BLOCK_W=128)),
+    (_triton._logit_gradient_kernel, dict(x_ptr=lp, lse_ptr=f64, post_ptr="*fp32", scale_ptr=f64, out_ptr=lp),
+     dict(BLOCK_C=1024, BLOCK_W=128)),
 ]
 for kernel, pointers, constexprs in kernels:
     signature = {name: ("*i64" if name.endswith("_ptr") else "i64") for name in kernel.arg_names}
@@ -245,7 +248,8 @@ def test_every_kernel_compiles_for_gpus(arch, log_probs):
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     sizes = dict(line.split() for line in result.stdout.splitlines())
-    assert set(sizes) == {"_alpha_kernel", "_beta_kernel", "_scatter_kernel", "_viterbi_kernel"}
+    assert set(sizes) == {"_alpha_kernel", "_beta_kernel", "_scatter_kernel", "_viterbi_kernel", "_gather_kernel",
+                          "_logit_gradient_kernel"}
     assert all(int(size) > 1000 for size in sizes.values())
 
 
@@ -262,3 +266,33 @@ def test_memory_accounting_matches_what_the_forward_keeps(classes, torch_grad, r
     planned = _triton.memory_bytes(12, 3, classes, case.padded.size, int(case.target_lengths.max()), 4, torch_grad)
     assert saved.numel() * saved.element_size() == planned["kept"]
     assert planned["compact"] == (saved.numel() != 12 * 3 * classes)  # flat: the compact posteriors' size, or the gradient's
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_loss_on_logits_matches_the_core(seed):
+    """``ctc_loss_from_logits`` on the Triton kernels against the Numba core: masked
+    classes, infeasible items, padding frames holding NaN (never read), every reduction;
+    the gradient in the dtype of the logits."""
+    rng = np.random.default_rng(900 + seed)
+    case = random_case(rng, classes=int(rng.integers(2, 40)), infeasible=0.3, scale=4.0)
+    logits = case.log_probs + rng.standard_normal(case.log_probs.shape[:2])[..., None]  # not normalised
+    if seed % 2 == 0:
+        logits[rng.random(logits.shape) < 0.1] = -np.inf
+    for n, length in enumerate(case.input_lengths):
+        logits[length:, n] = np.nan
+    dtype = [torch.float64, torch.float32, torch.bfloat16][seed % 3]
+    options = dict(blank=case.blank, reduction=["none", "mean", "sum"][seed % 3], zero_infinity=seed % 4 == 0)
+    results = []
+    for backend in ("numba", "triton"):
+        x = torch.tensor(logits, dtype=torch.float64).to(dtype).requires_grad_()
+        device = TRITON_DEVICE if backend == "triton" else "cpu"
+        targets = torch.tensor(case.concatenated if seed % 2 else case.padded)
+        loss = ct.ctc_loss_from_logits(x.to(device), targets, torch.tensor(case.input_lengths),
+                                       torch.tensor(case.target_lengths), backend=backend, **options)
+        grad, = torch.autograd.grad(loss.sum(), x)
+        results.append((loss.detach().cpu().double(), grad))
+    (loss_core, grad_core), (loss_triton, grad_triton) = results
+    assert grad_triton.dtype == dtype and not torch.isnan(grad_triton).any()
+    tolerance = {torch.float64: 1e-10, torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(loss_triton, loss_core, rtol=tolerance, atol=tolerance, equal_nan=True)
+    torch.testing.assert_close(grad_triton.double(), grad_core.double(), rtol=tolerance, atol=tolerance)

@@ -38,6 +38,8 @@ Modules, device side first:
   an item's lanes, its first and final states, one step of the alpha recursion);
 * :mod:`.loss_kernels`: the alpha pass (loss and checkpoints), the beta pass (gradient
   or compact posteriors) and the scatter of compact posteriors into a gradient;
+* :mod:`.logits_kernels`: the loss on logits around those: each frame's log-sum-exp with
+  the log-softmax of the used classes, and the logit gradient;
 * :mod:`.align_kernels`: the Viterbi pass and its back-trace (forced alignment);
 * :mod:`.launch`: the host side, the only one the torch frontend calls
   (:data:`ctckit._torch_backends.TRITON`): block and warp sizes, label ranks, working
@@ -45,9 +47,12 @@ Modules, device side first:
 """
 
 from .align_kernels import _viterbi_kernel
-from .launch import DeviceBatch, label_ranks, memory_bytes, negative_log_likelihood, scatter_gradient, viterbi
+from .launch import (DeviceBatch, label_ranks, logit_gradient, loss_from_logits, memory_bytes, negative_log_likelihood,
+                     scatter_gradient, viterbi)
+from .logits_kernels import _gather_kernel, _logit_gradient_kernel
 from .loss_kernels import _alpha_kernel, _beta_kernel, _scatter_kernel
 
 # The host functions, and the kernels themselves (to compile them without launching).
-__all__ = ["DeviceBatch", "label_ranks", "memory_bytes", "negative_log_likelihood", "scatter_gradient", "viterbi",
-           "_alpha_kernel", "_beta_kernel", "_scatter_kernel", "_viterbi_kernel"]
+__all__ = ["DeviceBatch", "label_ranks", "logit_gradient", "loss_from_logits", "memory_bytes", "negative_log_likelihood",
+           "scatter_gradient", "viterbi", "_alpha_kernel", "_beta_kernel", "_scatter_kernel", "_viterbi_kernel",
+           "_gather_kernel", "_logit_gradient_kernel"]

@@ -10,7 +10,9 @@ segment of rows) and what the forward keeps for the backward.
 
 :func:`negative_log_likelihood` launches the alpha pass and, for a gradient, the beta
 pass (:mod:`.loss_kernels`: eqs. 6-11, 14, 16); :func:`scatter_gradient` the scatter of
-compact posteriors; :func:`viterbi` the forced alignment (:mod:`.align_kernels`).
+compact posteriors; :func:`loss_from_logits` and :func:`logit_gradient` the loss on
+logits around them (:mod:`.logits_kernels`); :func:`viterbi` the forced alignment
+(:mod:`.align_kernels`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import numpy as np
 import torch
 import triton
 
+from .._core import compact_columns
 from .._inputs import Batch
 from .align_kernels import _viterbi_kernel
+from .logits_kernels import _gather_kernel, _logit_gradient_kernel
 from .loss_kernels import _alpha_kernel, _beta_kernel, _scatter_kernel
 
 _MIN_BLOCK = 16
@@ -142,6 +146,53 @@ def scatter_gradient(posteriors: torch.Tensor, batch: DeviceBatch, blank: int, s
                                    batch.rank, batch.passes, blank, scale, grad, *grad.stride(),
                                    BLOCK_L=block_l, num_warps=_warps(block_l))
     return grad
+
+
+def _class_block(classes: int) -> int:
+    return min(1024, triton.next_power_of_2(classes))
+
+
+def loss_from_logits(logits: torch.Tensor, batch: Batch, blank: int, need_grad: bool, width: int, gradient_dtype):
+    """The loss of ``log_softmax(logits)`` ((T, N, C), classes last) and, with ``need_grad``,
+    ``(lse, posteriors, class_of_column)`` for :func:`logit_gradient`, as
+    :func:`ctckit._core.negative_log_likelihood_from_logits` returns them (``posteriors`` in
+    ``gradient_dtype``, K = ``width``), on the device: the used classes' log-softmax
+    (:func:`._gather_kernel`), then the loss kernels on it."""
+    frames, size, classes = logits.shape
+    device = logits.device
+    columns, class_of_column = compact_columns(batch.targets, batch.offsets, batch.target_lengths, classes, blank)
+    padded = np.full((size, width), -1, dtype=np.int64)
+    padded[:, :class_of_column.shape[1]] = class_of_column
+    class_of_column = torch.from_numpy(padded).to(device)
+    lengths = torch.from_numpy(batch.input_lengths).to(device)
+    lse = torch.empty((frames, size), dtype=torch.float64, device=device)
+    compact = torch.empty((frames, size, width), dtype=torch.float64, device=device)
+    block_w = max(_MIN_BLOCK, triton.next_power_of_2(width))
+    _gather_kernel[(frames * size,)](logits, *logits.stride(), classes, size, lengths, class_of_column, width, lse, compact,
+                                     BLOCK_C=_class_block(classes), BLOCK_W=block_w)
+    by_column = DeviceBatch(Batch(columns, batch.offsets, batch.input_lengths, batch.target_lengths), device)
+    nll, posteriors = negative_log_likelihood(compact, by_column, 0, "dense" if need_grad else "none", False)
+    if not need_grad:
+        return nll, None
+    return nll, (lse, posteriors.to(gradient_dtype), class_of_column)
+
+
+def logit_gradient(logits: torch.Tensor, saved, batch: Batch, nll: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``sum_n scale[n] * loss_n`` w.r.t. the logits, in their dtype: zero
+    for an infeasible item, NaN on the frames of an item whose loss is NaN."""
+    lse, posteriors, class_of_column = saved
+    frames, size, classes = logits.shape
+    device = logits.device
+    scale = scale.to(device=device, dtype=torch.float64)
+    scale = torch.where(torch.isinf(nll), 0.0, torch.where(torch.isnan(nll), float("nan"), scale)).contiguous()
+    lengths = torch.from_numpy(batch.input_lengths).to(device)
+    out = torch.empty(logits.shape, dtype=logits.dtype, device=device)
+    width = class_of_column.shape[1]
+    _logit_gradient_kernel[(frames * size,)](logits, *logits.stride(), classes, size, lengths, class_of_column.contiguous(),
+                                             width, lse.contiguous(), posteriors.contiguous(), scale, out, *out.stride(),
+                                             BLOCK_C=_class_block(classes),
+                                             BLOCK_W=max(_MIN_BLOCK, triton.next_power_of_2(width)))
+    return out
 
 
 def viterbi(log_probs: torch.Tensor, batch: DeviceBatch, blank: int):
