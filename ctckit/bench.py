@@ -13,53 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ._bench_common import SHAPES, Problem, interleaved_medians, make_problem  # noqa: F401 (bench's names)
 from ._cli import int_option, require
+from .bench_step import run_step, run_step_memory, step_markdown
 
-SHAPES = {  # name: (T, N, C, S_max)
-    "docs": (50, 16, 20, 30),
-    "ocr": (100, 64, 100, 40),
-    "char": (500, 32, 32, 150),
-    "bpe1k": (250, 32, 1024, 80),
-    "bpe5k": (250, 16, 5000, 80),
-    "long": (2000, 8, 64, 500),
-    "xlong": (10000, 4, 32, 2000),
-}
 MEMORY_SHAPES = ("bpe5k", "long", "xlong")
 PROVIDERS = ("ctckit", "torch", "optax", "tensorflow")
 MIN_REPEATS = 5  # the fewest timed runs whose median still shrugs off two outliers
-
-
-@dataclass
-class Problem:
-    """One shape's inputs, as NumPy arrays: float32 log-probs (T, N, C) and padded targets."""
-
-    log_probs: np.ndarray
-    targets: np.ndarray
-    input_lengths: np.ndarray
-    target_lengths: np.ndarray
-
-
-def make_problem(shape, seed=0) -> Problem:
-    """Targets uniform in [1, C), lengths uniform in [S/2, S], all inputs of length T,
-    log_softmax of standard normal logits, float32."""
-    frames, batch, classes, max_target = shape
-    rng = np.random.default_rng(seed)
-    logits = rng.standard_normal((frames, batch, classes)).astype(np.float32)
-    top = logits.max(-1, keepdims=True)
-    log_probs = (logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))).astype(np.float32)
-    targets = rng.integers(1, classes, (batch, max_target)).astype(np.int64)
-    target_lengths = rng.integers(max_target // 2, max_target + 1, batch).astype(np.int64)
-    input_lengths = np.full(batch, frames, dtype=np.int64)
-    return Problem(log_probs, targets, input_lengths, target_lengths)
 
 
 # ---------------------------------------------------------------------------- providers
@@ -147,26 +113,6 @@ def load_provider(name, problem):
 
 
 # ------------------------------------------------------------------------------ timing
-
-
-def interleaved_medians(calls: dict, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds per callable, running them round-robin ``repeats`` times, in a
-    shuffled order each round."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    samples = {name: [] for name in calls}
-    order = list(calls)
-    shuffle = np.random.default_rng(0)
-    for _ in range(repeats):
-        # a new order each round: no provider always runs right after another (some peers'
-        # thread pools keep spinning for a while after a call)
-        shuffle.shuffle(order)
-        for name in order:
-            start = time.perf_counter()
-            calls[name]()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def run_speed(shapes, providers, repeats, log=print):
@@ -401,8 +347,9 @@ def plot(report, path):
 
 DESCRIPTION = ("The CTC loss of ctckit against torch, optax and TensorFlow on the CPU: checks that the providers "
                "agree on the losses, then times forward and forward+backward, interleaving the providers, and "
-               "prints medians and ratios (peer time / ctckit time); also peak memory, ctckit's scaling in "
-               "T, S, N and C, and the first call in a fresh process.")
+               "prints medians and ratios (peer time / ctckit time); then the training step from logits to "
+               "their gradient (ctckit's fused loss on logits against the peers); also peak memory, ctckit's "
+               "scaling in T, S, N and C, and the first call in a fresh process.")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -414,7 +361,9 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"timed runs per provider, interleaved; their median is reported (default 9, at least {MIN_REPEATS})")
     parser.add_argument("--threads", type=int_option(1, 256), default=os.cpu_count() or 1,
                         help=f"CPU threads of torch and ctckit (default {os.cpu_count() or 1}, the number of CPUs)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak memory table")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak memory tables")
+    parser.add_argument("--no-step", action="store_true",
+                        help="skip the training-step table (logits -> loss -> gradient w.r.t. the logits)")
     parser.add_argument("--no-extras", action="store_true", help="skip the scaling table and the cold start")
     parser.add_argument("--out", type=Path, help="folder for results.json, results.md and results.png")
     return parser
@@ -442,12 +391,20 @@ def main(argv=None) -> int:
     print(f"CTC loss, float32, {args.threads} threads; median of {args.repeats} interleaved runs (ms); "
           f"ratio = fastest peer / ctckit")
     report["speed"] = run_speed(shapes, providers, args.repeats)
+    if not args.no_step:
+        print()
+        report["training_step"] = run_step(shapes, providers, args.repeats)
     if not args.no_memory:
         report["memory"] = run_memory([s for s in MEMORY_SHAPES if s in shapes], providers_that_ran(report))
+        if not args.no_step:
+            ran = [p for p in report["training_step"]["rows"][0]["ms"]] if report["training_step"]["rows"] else []
+            report["training_step"]["memory"] = run_step_memory([s for s in MEMORY_SHAPES if s in shapes], ran)
     if not args.no_extras:
         report["scaling"] = run_scaling(args.repeats)
         report["cold_start"] = run_cold_start()
     table = markdown(report)
+    if "training_step" in report:
+        table += "\n".join(step_markdown(report["training_step"])) + "\n"
     print()
     print(table)
     if args.out:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ctckit import bench
+from ctckit import bench, bench_step
 from ctckit.__main__ import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,8 +102,11 @@ def test_bench_leaves_skipped_providers_out_of_the_plot_and_the_tables(tmp_path,
         return save(figure, *args, **kwargs)
 
     monkeypatch.setattr(bench, "provider_optax", not_installed)
+    monkeypatch.setitem(bench_step._LOADERS, "optax", lambda logits, problem: not_installed(problem))
     monkeypatch.setattr(bench, "MEMORY_SHAPES", ("docs",))
     monkeypatch.setattr(bench, "peak_memory", lambda provider, shape: measured.append(provider) or 2**20)
+    monkeypatch.setattr(bench, "run_step_memory", lambda shapes, providers: {s: {p: 3 * 2**20 for p in providers}
+                                                                             for s in shapes})
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record_legend)
     assert bench.main(["--shapes", "docs", "--providers", "ctckit,torch,optax", "--repeats", "5", "--threads", "1",
                        "--no-extras", "--out", str(tmp_path)]) == 0
@@ -116,7 +119,13 @@ def test_bench_leaves_skipped_providers_out_of_the_plot_and_the_tables(tmp_path,
     table = (tmp_path / "results.md").read_text()
     assert "optax peak MiB" not in table and "| ctckit peak MiB | torch peak MiB |" in table
     assert "Skipped: optax, not installed (jax)." in table
-    assert "skipped: optax (not installed (jax))" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "skipped: optax (not installed (jax))" in output
+    step = report["training_step"]["rows"][0]
+    assert set(step["ms"]) == {"ctckit fused", "ctckit+log_softmax", "torch"} and step["fastest_peer"] == "torch"
+    assert step["skipped"] == {"optax": "not installed (jax)"} and 0 < step["floor_ms"] < step["ms"]["ctckit fused"]
+    assert "| shape | ctckit fused | ctckit+log_softmax | torch | floor | fastest peer / fused |" in table
+    assert "| docs | 3 | 3 | 3 |" in table  # the step's peak memory, MiB
 
 
 def _readme_set_up():

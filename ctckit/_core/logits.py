@@ -28,12 +28,12 @@ row buffer; every sum is float64.
 """
 
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 from . import pool
-from .config import HOT, INLINE, NJIT
-from .intrinsics import float_from_bits, is_set, unmanaged
+from .config import HOT, INLINE, NJIT, PARALLEL
+from .intrinsics import float_from_bits, is_set, keep_alive, unmanaged
 from .vexp import vexp32_shifted, vexp_shifted
 
 FORMAT_FLOAT, FORMAT_FLOAT16, FORMAT_BFLOAT16 = 0, 1, 2
@@ -189,12 +189,12 @@ def _row_max(row):
 def _gather_frames(frames, cancel, logits, fmt, input_lengths, class_of_column, lse, compact):
     """:func:`gather_log_probs` over the frame indices ``frames``."""
     size, classes, width = logits.shape[1], logits.shape[2], compact.shape[2]
-    row = np.empty(classes)
-    row32 = np.empty(classes, dtype=np.float32)
-    half = np.empty(classes, dtype=np.float32)
+    scratch = np.empty(classes)
+    scratch32 = np.empty((2, classes), dtype=np.float32)
+    row, row32, half = unmanaged(scratch), unmanaged(scratch32)[0], unmanaged(scratch32)[1]
     for i in range(frames.shape[0]):
         if is_set(cancel):
-            return
+            break
         t = frames[i]
         for n in range(size):
             if t >= input_lengths[n]:
@@ -209,6 +209,7 @@ def _gather_frames(frames, cancel, logits, fmt, input_lengths, class_of_column, 
             for j in range(width):
                 c = class_of_column[n, j]
                 compact[t, n, j] = np.float64(values[c]) - log_norm if c >= 0 else -np.inf
+    keep_alive(scratch, scratch32)
 
 
 @njit(**HOT)
@@ -218,13 +219,13 @@ def _gradient_frames(frames, cancel, logits, fmt, lse, posteriors, class_of_colu
     :func:`.vexp32_shifted`), then the classes the item uses again, with their
     posteriors, rounded once from float64."""
     size, classes, width = logits.shape[1], logits.shape[2], class_of_column.shape[1]
-    row = np.empty(classes)
-    row32 = np.empty(classes, dtype=np.float32)
-    half = np.empty(classes, dtype=np.float32)
+    scratch = np.empty(classes)
+    scratch32 = np.empty((2, classes), dtype=np.float32)
+    row, row32, half = unmanaged(scratch), unmanaged(scratch32)[0], unmanaged(scratch32)[1]
     out = unmanaged(grad)
     for i in range(frames.shape[0]):
         if is_set(cancel):
-            return
+            break
         t = frames[i]
         for n in range(size):
             factor = scale[n]
@@ -241,6 +242,23 @@ def _gradient_frames(frames, cancel, logits, fmt, lse, posteriors, class_of_colu
                 c = class_of_column[n, j]
                 if c >= 0:
                     target[c] = factor * (np.float64(exps[c]) + posteriors[t, n, j])
+    keep_alive(scratch, scratch32)
+
+
+@njit(**PARALLEL)
+def _gather_frames_openmp(frames, logits, fmt, input_lengths, class_of_column, lse, compact):
+    """:func:`_gather_frames` over all ``frames`` at once, on Numba's OpenMP threads."""
+    never = np.zeros(1, dtype=np.int64)
+    for i in prange(frames.shape[0]):
+        _gather_frames(frames[i:i + 1], never, logits, fmt, input_lengths, class_of_column, lse, compact)
+
+
+@njit(**PARALLEL)
+def _gradient_frames_openmp(frames, logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad):
+    """:func:`_gradient_frames` over all ``frames`` at once, on Numba's OpenMP threads."""
+    never = np.zeros(1, dtype=np.int64)
+    for i in prange(frames.shape[0]):
+        _gradient_frames(frames[i:i + 1], never, logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad)
 
 
 def gather_log_probs(logits, fmt, input_lengths, class_of_column):
@@ -251,7 +269,8 @@ def gather_log_probs(logits, fmt, input_lengths, class_of_column):
     lse = np.empty((frames, size))
     compact = np.empty((frames, size, class_of_column.shape[1]))
     arguments = (logits, fmt, input_lengths, class_of_column, lse, compact)
-    pool.run(lambda chunk, cancel: _gather_frames(chunk, cancel, *arguments), np.full(frames, ROW_NS * size * classes))
+    pool.run(lambda chunk, cancel: _gather_frames(chunk, cancel, *arguments), np.full(frames, ROW_NS * size * classes),
+             lambda: _gather_frames_openmp(np.arange(frames, dtype=np.int64), *arguments))
     return lse, compact
 
 
@@ -263,5 +282,6 @@ def logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths,
     frames, size, classes = logits.shape
     grad = np.empty((frames, size, classes), dtype=out_dtype)
     arguments = (logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad)
-    pool.run(lambda chunk, cancel: _gradient_frames(chunk, cancel, *arguments), np.full(frames, ROW_NS * size * classes))
+    pool.run(lambda chunk, cancel: _gradient_frames(chunk, cancel, *arguments), np.full(frames, ROW_NS * size * classes),
+             lambda: _gradient_frames_openmp(np.arange(frames, dtype=np.int64), *arguments))
     return grad

@@ -62,13 +62,16 @@ _D0, _D1, _D2, _D3, _D4, _D5, _D6 = (_F32(1.0 / math.factorial(i)) for i in rang
 
 @njit(**NJIT)  # not inlined, as vexp_shifted
 def vexp32_shifted(src, shift, dst):
-    """``dst[i] = exp(src[i] - shift)`` in float32 (``dst`` float32): the difference is taken
-    in float64 and rounded once, then as :func:`vexp_shifted` with a float32 Cody-Waite split
-    and a degree-6 polynomial: relative error below 3e-7 plus ``|src[i] - shift| * 2^-24``
-    (the rounding of the difference), on twice the SIMD lanes of the float64 version.
-    Differences below -87 give 0 (float32's normal range ends at -87.3)."""
+    """``dst[i] = exp(src[i] - shift)`` in float32 (``src`` and ``dst`` float32), as
+    :func:`vexp_shifted` with a float32 Cody-Waite split and a degree-6 polynomial, on
+    twice the SIMD lanes: relative error below 3e-7 plus about ``|src[i] - shift| * 2^-23``
+    (the difference is rounded to float32: ``shift`` is split in two float32 parts, which
+    costs that rounding and no conversion of each element; 0.32 ns an element against 0.51
+    through float64). Differences below -87 give 0 (float32's normal range ends at -87.3)."""
+    high = _F32(shift)
+    low = _F32(shift - np.float64(high))
     for i in range(dst.shape[0]):
-        x0 = _F32(np.float64(src[i]) - shift)
+        x0 = (src[i] - high) - low
         x = x0 if x0 == x0 else _F32(0.0)
         x = _LOWEST_32 if x < _LOWEST_32 else x
         x = _F32(0.0) if x > _F32(0.0) else x

@@ -1,0 +1,64 @@
+"""What the benchmarks share: the suite of shapes, their inputs, and interleaved timing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+SHAPES = {  # name: (T, N, C, S_max)
+    "docs": (50, 16, 20, 30),
+    "ocr": (100, 64, 100, 40),
+    "char": (500, 32, 32, 150),
+    "bpe1k": (250, 32, 1024, 80),
+    "bpe5k": (250, 16, 5000, 80),
+    "long": (2000, 8, 64, 500),
+    "xlong": (10000, 4, 32, 2000),
+}
+
+
+@dataclass
+class Problem:
+    """One shape's inputs, as NumPy arrays: float32 log-probs (T, N, C) and padded targets."""
+
+    log_probs: np.ndarray
+    targets: np.ndarray
+    input_lengths: np.ndarray
+    target_lengths: np.ndarray
+
+
+def make_problem(shape, seed=0) -> Problem:
+    """Targets uniform in [1, C), lengths uniform in [S/2, S], all inputs of length T,
+    log_softmax of standard normal logits, float32."""
+    frames, batch, classes, max_target = shape
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((frames, batch, classes)).astype(np.float32)
+    top = logits.max(-1, keepdims=True)
+    log_probs = (logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))).astype(np.float32)
+    targets = rng.integers(1, classes, (batch, max_target)).astype(np.int64)
+    target_lengths = rng.integers(max_target // 2, max_target + 1, batch).astype(np.int64)
+    input_lengths = np.full(batch, frames, dtype=np.int64)
+    return Problem(log_probs, targets, input_lengths, target_lengths)
+
+
+
+def interleaved_medians(calls: dict, repeats: int, warmup: int = 1) -> dict:
+    """Median seconds per callable, running them round-robin ``repeats`` times, in a
+    shuffled order each round."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in calls}
+    order = list(calls)
+    shuffle = np.random.default_rng(0)
+    for _ in range(repeats):
+        # a new order each round: no provider always runs right after another (some peers'
+        # thread pools keep spinning for a while after a call)
+        shuffle.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            calls[name]()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
