@@ -3,7 +3,8 @@
 Synthetic text-line images (random strings of digits and lowercase letters, 3 to 10
 characters, rendered with Pillow in the fonts Pillow and the system provide, with random
 spacing and light noise) train a CRNN (convolutions, a bidirectional GRU, a linear
-layer, log_softmax) with :class:`ctckit.torch.CTCLoss`. At the end it reads validation
+layer) with :class:`ctckit.torch.CTCLossFromLogits`, the CTC loss on the logits with the
+log-softmax folded in (the recommended training path). At the end it reads validation
 images with greedy and beam-search decoding, reports the character error rate (CER),
 and writes ``loss.png`` (the loss curve) and ``alignment.png`` (a validation image with
 the forced alignment's token spans). Nothing is downloaded.
@@ -77,7 +78,7 @@ def build_model():
     from torch import nn
 
     class CRNN(nn.Module):
-        """Convolutions down to one row of FRAMES columns, a BiGRU over them, log-probs."""
+        """Convolutions down to one row of FRAMES columns, a BiGRU over them, logits."""
 
         def __init__(self, classes: int):
             super().__init__()
@@ -87,9 +88,9 @@ def build_model():
             self.rnn = nn.GRU(64, 64, bidirectional=True, batch_first=False)
             self.head = nn.Linear(128, classes)
 
-        def forward(self, images):  # (N, 1, H, W) -> (T, N, C) log-probs
+        def forward(self, images):  # (N, 1, H, W) -> (T, N, C) logits
             features = self.features(images).squeeze(2).permute(2, 0, 1)  # (T, N, 64)
-            return self.head(self.rnn(features)[0]).log_softmax(-1)
+            return self.head(self.rnn(features)[0])
 
     return CRNN(len(CHARSET) + 1)
 
@@ -130,8 +131,8 @@ class Training:
         target_lengths = torch.tensor([len(seq) for seq in labels])
         input_lengths = torch.full((self.batch,), FRAMES)
         start = time.perf_counter()
-        log_probs = self.model(torch.from_numpy(images))
-        loss = self.loss_fn(log_probs, targets, input_lengths, target_lengths)
+        logits = self.model(torch.from_numpy(images))
+        loss = self.loss_fn(logits, targets, input_lengths, target_lengths)
         self.optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
@@ -193,7 +194,7 @@ def evaluate(model, seed: int, size: int):
     images, labels, texts = TextLines(seed + 10_000).batch(size)
     model.eval()
     with torch.no_grad():
-        log_probs = model(torch.from_numpy(images))
+        log_probs = model(torch.from_numpy(images)).log_softmax(-1)
     greedy = ct.greedy_decode(log_probs, blank=BLANK)
     errors = sum(_edit_distance(g, l) for g, l in zip(greedy, labels))
     cer = errors / sum(len(l) for l in labels)
@@ -280,14 +281,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     ctckit.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    ours = ct.CTCLoss(blank=BLANK, zero_infinity=True)
+    ours = ct.CTCLossFromLogits(blank=BLANK, zero_infinity=True)
     ours.name = "ctckit"
     print(f"Training a CRNN on synthetic text lines for {args.steps} steps of {args.batch} images "
-          f"({args.threads} threads, seed {args.seed}) with ctckit.torch.CTCLoss"
+          f"({args.threads} threads, seed {args.seed}) with ctckit.torch.CTCLossFromLogits"
           + (", and the same model with torch's ctc_loss, alternating steps" if args.compare_torch else ""))
     if args.compare_torch:
-        def torch_loss(*inputs):
-            return F.ctc_loss(*inputs, blank=BLANK, zero_infinity=True)
+        def torch_loss(logits, *inputs):
+            return F.ctc_loss(logits.log_softmax(-1), *inputs, blank=BLANK, zero_infinity=True)
 
         trainings = train_interleaved({"ctckit": ours, "torch": torch_loss}, args.steps, args.seed, args.batch, 50,
                                       not args.no_progress)
@@ -305,7 +306,7 @@ def main(argv=None) -> int:
     for n in range(shown):
         print(f"{texts[n]:>12} | {_text(greedy[n]):>12} | {_text(beams[n][0][0]):>12}")
 
-    curves = {"ctckit.torch.CTCLoss": losses}
+    curves = {"ctckit.torch.CTCLossFromLogits": losses}
     if args.compare_torch:
         curves["torch.nn.functional.ctc_loss"] = trainings["torch"].losses
         _print_comparison(trainings, cer, evaluate(trainings["torch"].model, args.seed, args.val)[0])

@@ -14,6 +14,7 @@ frontend, if torch is installed) on tiny inputs chosen so that every kernel comp
   ``(N, T, C)`` array, as ``.transpose(0, 1)`` of a model's output gives): Numba compiles a
   kernel for each memory layout of its array arguments;
 - the dense gradient and, with torch, the compact posteriors and their scatter;
+- the loss on logits (float32, float64 and float16 logits, the last read as their bits);
 - ``forced_align``, ``greedy_decode``, ``beam_search``, ``ctc_posteriors``;
 - the drivers on one thread, on Numba's OpenMP threads (short calls) and on ctckit's own
   pool (long calls).
@@ -153,6 +154,17 @@ def numpy_steps(dtype, layout) -> list[Step]:
         cn.ctc_posteriors(log_probs, targets, input_lengths, target_lengths)
 
     steps.append(Step(f"forced_align, decoding, posteriors, {name}{where}", decode))
+
+    @_on_threads(1, 2)
+    def from_logits():
+        import ctckit.numpy as cn
+
+        logits, targets, input_lengths, target_lengths = short_batch(dtype, layout)
+        for values in (logits, logits.astype(np.float16)) if dtype == np.float32 else (logits,):  # float16: its bits
+            cn.ctc_loss_from_logits(values, targets, input_lengths, target_lengths)
+            cn.ctc_loss_and_grad_from_logits(values, targets, input_lengths, target_lengths)
+
+    steps.append(Step(f"loss on logits, {name}{where}" + (" and float16" if dtype == np.float32 else ""), from_logits))
     return steps
 
 
@@ -174,8 +186,10 @@ def torch_steps(dtype, layout) -> list[Step]:
             x = torch.from_numpy(log_probs).requires_grad_()
             ct.ctc_loss(x, *args, gradient=gradient).backward()
         ct.forced_align(torch.from_numpy(log_probs), *args)
+        logits = torch.from_numpy(log_probs).requires_grad_()
+        ct.ctc_loss_from_logits(logits, *args).backward()
 
-    return [Step(f"torch: loss, compact and dense gradients, {name}{where}", loss)]
+    return [Step(f"torch: loss, compact and dense gradients, loss on logits, {name}{where}", loss)]
 
 
 def pool_step() -> Step:

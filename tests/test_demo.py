@@ -11,7 +11,7 @@ from ctckit import demo
 def test_training_lowers_the_loss():
     import ctckit.torch as ct
 
-    _, losses, _ = demo.train(ct.CTCLoss(blank=demo.BLANK, zero_infinity=True), steps=40, seed=1, batch=8, log_every=10, progress=False)
+    _, losses, _ = demo.train(ct.CTCLossFromLogits(blank=demo.BLANK, zero_infinity=True), steps=40, seed=1, batch=8, log_every=10, progress=False)
     assert np.isfinite(losses).all()
     assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8])
 
@@ -59,15 +59,15 @@ def test_compared_trainings_alternate_steps_from_the_same_start():
             return loss_fn(*inputs)
         return loss
 
-    ours = ct.CTCLoss(blank=demo.BLANK, zero_infinity=True)
+    ours = ct.CTCLossFromLogits(blank=demo.BLANK, zero_infinity=True)
     trainings = demo.train_interleaved({"a": recorded("a", ours), "b": recorded("b", ours)},
                                        steps=4, seed=2, batch=3, log_every=10, progress=False)
     assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]  # alternating, neither always first
     assert trainings["a"].losses == trainings["b"].losses  # same weights, same images, same updates
     assert all(len(t.step_seconds) == 4 and min(t.step_seconds) > 0 for t in trainings.values())
 
-    def torch_loss(*inputs):
-        return F.ctc_loss(*inputs, blank=demo.BLANK, zero_infinity=True)
+    def torch_loss(logits, *inputs):  # the model returns logits
+        return F.ctc_loss(logits.log_softmax(-1), *inputs, blank=demo.BLANK, zero_infinity=True)
 
     pair = demo.train_interleaved({"ctckit": ours, "torch": torch_loss}, steps=2, seed=2, batch=3, log_every=10,
                                   progress=False)

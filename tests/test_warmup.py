@@ -64,6 +64,9 @@ PUBLIC_CALLS = """
             cn.greedy_decode(lp, lengths)
             cn.beam_search(lp, lengths, beam_width=8)
             cn.ctc_posteriors(lp, targets, lengths, target_lengths)
+            cn.ctc_loss_and_grad_from_logits(lp * 3, targets, lengths, target_lengths, reduction="sum")
+            cn.ctc_loss_from_logits(np.swapaxes(np.ascontiguousarray(np.swapaxes(lp, 0, 1)), 0, 1), targets, lengths,
+                                    target_lengths)  # strided
     # the README's NumPy example
     lp = np.log(np.full((50, 2, 5), 0.2))
     cn.ctc_loss(lp, [[1, 2, 2], [3, 0, 0]], [50, 40], [3, 1])
@@ -83,6 +86,9 @@ PUBLIC_CALLS = """
                 ct.CTCLoss(gradient="torch")(y, targets, lengths, target_lengths).backward()  # dense
                 ct.ctc_loss(y.detach()[:, :2, :3], targets[:2, :4] % 2 + 1, lengths[:2], torch.tensor([4, 3]))
                 ct.forced_align(y.detach(), targets, lengths, target_lengths)
+                ct.ctc_loss_from_logits(x, targets, lengths, target_lengths).backward()  # strided
+                ct.CTCLossFromLogits()(y, targets, lengths, target_lengths).backward()
+                ct.ctc_loss_from_logits(y.detach().bfloat16().requires_grad_(), targets, lengths, target_lengths).backward()
     print("compiled:", len(compiled), *compiled)
 """
 
@@ -108,7 +114,7 @@ def test_warmup_reports_each_step_and_where_the_cache_is(warmed):
     assert sorted(int(step[0]) for step in steps) == list(range(1, len(steps) + 1))
     names = " | ".join(step[2] for step in steps)
     for what in ("float32", "float64", "one-scale", "block-scaled", "log-space", "strided", "forced_align",
-                 "thread pool") + (("torch",) if HAS_TORCH else ()):
+                 "thread pool", "loss on logits", "float16") + (("torch",) if HAS_TORCH else ()):
         assert what in names, what
     compiled = sum(int(step[4].split()[0]) for step in steps if step[4] != "all cached")
     assert f"ctckit warmup: {compiled} kernel{'s' if compiled != 1 else ''} compiled" in result.stdout
