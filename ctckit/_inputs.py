@@ -221,7 +221,8 @@ def check_shapes(log_probs_shape, targets_shape, input_lengths_shape, target_len
     return Shapes(batched, padded, frames, batch, classes, max_target)
 
 
-def check_values(shapes: Shapes, targets: np.ndarray, input_lengths, target_lengths, blank: int) -> Batch:
+def check_values(shapes: Shapes, targets: np.ndarray, input_lengths, target_lengths, blank: int,
+                 labels: str = "targets") -> Batch:
     """Check every length and every used target value; return kernel-ready arrays.
 
     The arrays are copied first and the copies checked and returned: what is checked is
@@ -239,7 +240,7 @@ def check_values(shapes: Shapes, targets: np.ndarray, input_lengths, target_leng
     problem, n, k = validate.first_invalid(flat, input_lengths, target_lengths, shapes.frames, shapes.classes, blank, width,
                                            offsets)
     if problem != validate.VALID:  # padding may hold anything: only used positions were read
-        raise _problem(problem, n, k, shapes, targets.ndim == 2, exact_targets, offsets, exact_il, exact_tl, blank)
+        raise _problem(problem, n, k, shapes, targets.ndim == 2, exact_targets, offsets, exact_il, exact_tl, blank, labels)
     return Batch(flat, offsets, input_lengths, target_lengths)
 
 
@@ -255,8 +256,9 @@ def _owned_int64(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _problem(problem: int, n: int, k: int, shapes: Shapes, two_d: bool, flat, offsets, input_lengths, target_lengths,
-             blank) -> CTCInputError:
-    """The error for what :func:`.validate.first_invalid` found at item ``n`` (position ``k``)."""
+             blank, labels: str = "targets") -> CTCInputError:
+    """The error for what :func:`.validate.first_invalid` found at item ``n`` (position ``k``);
+    ``labels``: the name of the targets argument."""
     if problem == validate.INPUT_LENGTH_NEGATIVE:
         return CTCInputError(f"input_lengths[{n}] = {int(input_lengths[n])} is negative (batch index {n})")
     if problem == validate.INPUT_LENGTH_TOO_LONG:
@@ -271,9 +273,9 @@ def _problem(problem: int, n: int, k: int, shapes: Shapes, two_d: bool, flat, of
         total = sum(int(length) for length in target_lengths)
         return CTCInputError(f"concatenated targets must have sum(target_lengths) = {total} elements, got {shapes.max_target}")
     value = int(flat[offsets[n] + k])
-    where = f"targets[{n}, {k}]" if shapes.padded and two_d else f"targets[{int(offsets[n]) + k}]"
+    where = f"{labels}[{n}, {k}]" if shapes.padded and two_d else f"{labels}[{int(offsets[n]) + k}]"
     item = f" (batch index {n})" if shapes.batched else ""
-    why = f"equals blank ({blank}); targets cannot be blank" if value == blank else f"is outside [0, C) = [0, {shapes.classes})"
+    why = f"equals blank ({blank}); {labels} cannot be blank" if value == blank else f"is outside [0, C) = [0, {shapes.classes})"
     return CTCInputError(f"{where}{item} = {value} {why}")
 
 

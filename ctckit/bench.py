@@ -398,7 +398,7 @@ def main(argv=None) -> int:
         report["memory"] = run_memory([s for s in MEMORY_SHAPES if s in shapes], providers_that_ran(report))
         if not args.no_step:
             ran = [p for p in report["training_step"]["rows"][0]["ms"]] if report["training_step"]["rows"] else []
-            report["training_step"]["memory"] = run_step_memory([s for s in MEMORY_SHAPES if s in shapes], ran)
+            report["training_step"]["memory"] = run_step_memory(shapes, ran)  # every shape: the step's target is on each
     if not args.no_extras:
         report["scaling"] = run_scaling(args.repeats)
         report["cold_start"] = run_cold_start()

@@ -1,0 +1,258 @@
+r"""The JAX frontend: ``ctc_loss``, a drop-in for ``optax.ctc_loss`` on ctckit's core.
+
+Same signature and meaning as optax 0.2.8: ``logits`` (B, T, K) unnormalised,
+``logit_paddings`` (B, T) with 1.0 on padded frames, ``labels`` (B, N) with
+``label_paddings`` (B, N) 1.0 on padded labels; the per-sequence losses (B,) come back.
+The log-softmax is folded into the loss (:mod:`ctckit._core.logits`): float64 sums
+whatever the logits' dtype, an exact gradient ``g_b * (softmax - posterior)``.
+
+Plumbing: the core runs on the host through ``jax.pure_callback`` (under ``jit``, ``vmap``
+with ``vmap_method="broadcast_all"``, on any backend: arrays on a GPU or TPU make a round
+trip to the host), differentiated by ``jax.custom_vjp``. The forward keeps for the
+backward each frame's log-sum-exp and the posteriors of each item's distinct classes
+(K at most ``min(C, N + 1)``); the backward writes the gradient in one pass over the
+logits. Every float64 array crosses the callback boundary as its bits (pairs of uint32),
+and half types as uint16 bits: the callback never depends on JAX's x64 setting of the
+thread XLA runs it on (under ``jax.enable_x64`` used as a context manager, a callback on
+one of XLA's threads sees x64 off), so float64 stays float64.
+
+Differences from optax, on purpose: a target that cannot be aligned (more labels and
+repeats than frames) gives ``inf`` with a zero gradient (optax: a finite value near
+``-log_epsilon`` with a gradient towards an impossible alignment, which is
+indistinguishable from a large real loss); a loss is never negative (optax's float32 loss
+can be, optax#1771); ``log_epsilon`` is accepted and unused. Padded frames are skipped
+wherever ``logit_paddings`` marks them, as optax does.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _core
+from ._inputs import check_blank, check_shapes, check_values
+from .errors import CTCInputError
+
+__all__ = ["ctc_loss"]
+
+_BITS = {jnp.dtype(jnp.float16): (_core.FORMAT_FLOAT16, jnp.uint16), jnp.dtype(jnp.bfloat16): (_core.FORMAT_BFLOAT16, jnp.uint16)}
+
+
+def ctc_loss(logits, logit_paddings, labels, label_paddings, *, blank_id: int = 0, log_epsilon: float = -1e5):
+    r"""Per-sequence CTC losses (B,) of ``log_softmax(logits)``, as ``optax.ctc_loss``.
+
+    Args:
+        logits: (B, T, K) unnormalised scores, float16, bfloat16, float32 or float64.
+        logit_paddings: (B, T), 1 on padded frames (skipped wherever they are), 0 elsewhere.
+        labels: (B, N) integer labels in ``[0, K)``, never ``blank_id`` where not padded.
+        label_paddings: (B, N), 1 on padded labels (right padding), 0 elsewhere.
+        blank_id: the blank's class.
+        log_epsilon: accepted for optax's signature; unused (no finite stand-in for
+            ``log 0`` is needed: an unalignable target gives ``inf``, gradient 0).
+
+    Returns the losses in the dtype of ``logits``; differentiable w.r.t. ``logits`` (exactly:
+    ``g * (softmax - posterior)``), under ``jit``, ``grad`` and ``vmap``.
+
+    .. math:: \mathrm{loss}_b = -\log \sum_{\pi \in \mathcal{B}^{-1}(l_b)} \prod_{t \notin \mathrm{pad}_b}
+        \frac{e^{x_{b,t,\pi_t}}}{\sum_k e^{x_{b,t,k}}}
+    """
+    logits, logit_paddings, labels, label_paddings = (jnp.asarray(a) for a in (logits, logit_paddings, labels,
+                                                                                label_paddings))
+    _check(logits, logit_paddings, labels, label_paddings)
+    blank = check_blank(blank_id, logits.shape[2])
+    if not any(isinstance(a, jax.core.Tracer) for a in (logit_paddings, labels, label_paddings)):
+        # concrete indices (not under jit): checked here, so that a bad label raises CTCInputError itself
+        # (under jit the callback raises it, wrapped in XLA's runtime error)
+        _host_indices(logits.shape, logit_paddings, labels, label_paddings, blank)
+    return _loss(logits, logit_paddings, labels, label_paddings, blank)
+
+
+def _check(logits, logit_paddings, labels, label_paddings) -> None:
+    """Shapes and dtypes, at trace time, each error naming its argument."""
+    if logits.ndim != 3:
+        raise CTCInputError(f"logits must be (B, T, K), got shape {logits.shape}")
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise TypeError(f"logits must be a floating-point array, got {logits.dtype}")
+    batch, frames, classes = logits.shape
+    if 0 in logits.shape:
+        raise CTCInputError(f"logits must not be empty, got shape {logits.shape}")
+    if logit_paddings.shape != (batch, frames):
+        raise CTCInputError(f"logit_paddings must be (B, T) = {(batch, frames)} to match logits, got {logit_paddings.shape}")
+    if labels.ndim != 2 or labels.shape[0] != batch:
+        raise CTCInputError(f"labels must be (B, N) with B = {batch}, got shape {labels.shape}")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+    if label_paddings.shape != labels.shape:
+        raise CTCInputError(f"label_paddings must have the shape of labels {labels.shape}, got {label_paddings.shape}")
+    for name, paddings in (("logit_paddings", logit_paddings), ("label_paddings", label_paddings)):
+        if jnp.issubdtype(paddings.dtype, jnp.complexfloating) or paddings.dtype == jnp.dtype(object):
+            raise TypeError(f"{name} must be real (1 on padding, 0 elsewhere), got {paddings.dtype}")
+
+
+def _width(classes: int, max_labels: int) -> int:
+    """K of the saved posteriors: at most the labels and the blank, at most C classes."""
+    return min(classes, max_labels + 1)
+
+
+def _as_bits(x):
+    """What crosses the callback for a float array: float32 itself, float64 as uint32 pairs
+    (last axis 2), half types as uint16."""
+    if x.dtype == jnp.float64:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    if x.dtype in _BITS:
+        return jax.lax.bitcast_convert_type(x, _BITS[x.dtype][1])
+    return x.astype(jnp.float32)
+
+
+def _from_float64_bits(bits):
+    return jax.lax.bitcast_convert_type(bits, jnp.float64)
+
+
+def _host_logits(bits: np.ndarray, dtype_name: str):
+    """``(array, fmt)`` of the logits as the core reads them, from what crossed the callback."""
+    if dtype_name == "float64":
+        return np.ascontiguousarray(bits).view(np.float64)[..., 0], _core.FORMAT_FLOAT
+    if dtype_name in ("float16", "bfloat16"):
+        return np.asarray(bits, dtype=np.uint16), (_core.FORMAT_FLOAT16 if dtype_name == "float16" else _core.FORMAT_BFLOAT16)
+    return np.asarray(bits, dtype=np.float32), _core.FORMAT_FLOAT
+
+
+def _host_indices(shape, logit_paddings, labels, label_paddings, blank):
+    """``(batch, used)``: the validated :class:`Batch` of the used frames and labels (their
+    counts, the labels packed to the front if padding lies between them) and the used
+    frames' mask (B', T); B' flattens vmap's leading axes of ``labels``."""
+    frames, classes = shape[-2], shape[-1]
+    label_used = np.asarray(label_paddings) == 0
+    labels = np.asarray(labels).reshape(-1, label_used.shape[-1])
+    label_used = label_used.reshape(labels.shape)
+    used = (np.asarray(logit_paddings) == 0).reshape(labels.shape[0], frames)
+    input_lengths, target_lengths = used.sum(axis=1), label_used.sum(axis=1)
+    if not (label_used == (np.arange(labels.shape[1]) < target_lengths[:, None])).all():
+        packed = np.zeros_like(labels)
+        for b in range(labels.shape[0]):
+            packed[b, :target_lengths[b]] = labels[b, label_used[b]]
+        labels = packed
+    view_shape = (frames, labels.shape[0], classes)
+    shapes = check_shapes(view_shape, labels.shape, input_lengths.shape, target_lengths.shape, "logits")
+    return check_values(shapes, labels, input_lengths, target_lengths, blank, labels="labels"), used
+
+
+def _host_batch(values, logit_paddings, labels, label_paddings, blank):
+    """``(view, batch, used)``: the logits as (T, B', K) (a view, or the used frames packed
+    to the front when padded frames lie between used ones) with :func:`_host_indices`."""
+    classes, frames = values.shape[-1], values.shape[-2]
+    values = values.reshape(-1, frames, classes)
+    batch, used = _host_indices(values.shape, logit_paddings, labels, label_paddings, blank)
+    if not (used == (np.arange(frames) < batch.input_lengths[:, None])).all():  # padding between used frames: pack them
+        packed = np.zeros_like(values)
+        for b in range(values.shape[0]):
+            packed[b, :batch.input_lengths[b]] = values[b, used[b]]
+        values = packed
+    return values.transpose(1, 0, 2), batch, used
+
+
+def _host_forward(bits, logit_paddings, labels, label_paddings, *, blank, dtype_name, width, need_grad):
+    """The callback of the forward: losses (float64 bits for float64 logits, else float32)
+    and, with ``need_grad``, the
+    backward's residuals: lse (float64 bits, (B', T, 2)), posteriors (B', T, K) float32 or
+    float64 bits, class of each column (B', K) int32."""
+    lead = np.shape(labels)[:-1]
+    values, fmt = _host_logits(bits, dtype_name)
+    view, batch, _ = _host_batch(values, logit_paddings, labels, label_paddings, blank)
+    nll, saved = _core.negative_log_likelihood_from_logits(view, fmt, batch, blank, need_grad, width)
+    nll = np.maximum(nll, 0.0)  # -log P >= 0: float64 rounding may give -1e-16 for P = 1
+    out = [nll.reshape(lead).view(np.uint32).reshape(*lead, 2) if dtype_name == "float64" else nll.astype(np.float32).reshape(lead)]
+    if need_grad:
+        lse, posteriors, class_of_column = saved
+        frames = view.shape[0]
+        out.append(np.ascontiguousarray(lse.T).view(np.uint32).reshape(*lead, frames, 2))
+        posteriors = np.ascontiguousarray(posteriors.transpose(1, 0, 2))
+        if posteriors.dtype == np.float64:
+            posteriors = posteriors.view(np.uint32).reshape(*posteriors.shape[:-1], width, 2)
+        out.append(posteriors.reshape(*lead, *posteriors.shape[1:]))
+        out.append(class_of_column.astype(np.int32).reshape(*lead, width))
+    return tuple(out)
+
+
+def _host_gradient(bits, logit_paddings, labels, label_paddings, nll_bits, lse_bits, posteriors, class_of_column, g, *,
+                   blank, dtype_name):
+    """The callback of the backward: the gradient w.r.t. the logits (B', T, K), float32 or
+    float64 bits, zero on padded frames."""
+    values, fmt = _host_logits(bits, dtype_name)
+    classes, frames = values.shape[-1], values.shape[-2]
+    view, batch, used = _host_batch(values, logit_paddings, labels, label_paddings, blank)
+    size = view.shape[1]
+    double = dtype_name == "float64"
+    nll = (np.ascontiguousarray(nll_bits).view(np.float64) if double else np.asarray(nll_bits, np.float64)).reshape(size)
+    lse = np.ascontiguousarray(lse_bits).view(np.float64).reshape(size, frames).T
+    posteriors = np.ascontiguousarray(posteriors)
+    if dtype_name == "float64":
+        posteriors = posteriors.view(np.float64)[..., 0]
+    posteriors = posteriors.reshape(size, frames, -1).transpose(1, 0, 2)
+    saved = (np.ascontiguousarray(lse), np.ascontiguousarray(posteriors),
+             np.ascontiguousarray(class_of_column, dtype=np.int64).reshape(size, -1))
+    scale = (np.ascontiguousarray(g).view(np.float64) if double else np.asarray(g, dtype=np.float64)).reshape(size)
+    grad = _core.gradient_from_logits(view, fmt, saved, batch.input_lengths, nll, scale).transpose(1, 0, 2)
+    if not (used == (np.arange(frames) < batch.input_lengths[:, None])).all():  # unpack to the frames they came from
+        unpacked = np.zeros_like(grad)
+        for b in range(size):
+            unpacked[b, used[b]] = grad[b, :batch.input_lengths[b]]
+        grad = unpacked
+    grad = np.ascontiguousarray(grad)
+    lead = np.shape(labels)[:-1]
+    if grad.dtype == np.float64:
+        return grad.view(np.uint32).reshape(*lead, frames, classes, 2)
+    return grad.reshape(*lead, frames, classes)
+
+
+def _forward_call(logits, logit_paddings, labels, label_paddings, blank, need_grad):
+    batch, frames, classes = logits.shape
+    width = _width(classes, labels.shape[1])
+    dtype_name = jnp.dtype(logits.dtype).name
+    double = dtype_name == "float64"
+    shapes = [jax.ShapeDtypeStruct((batch, 2), jnp.uint32) if double else jax.ShapeDtypeStruct((batch,), jnp.float32)]
+    if need_grad:
+        posterior_shape = (batch, frames, width, 2) if dtype_name == "float64" else (batch, frames, width)
+        post_dtype = jnp.uint32 if dtype_name == "float64" else jnp.float32
+        shapes += [jax.ShapeDtypeStruct((batch, frames, 2), jnp.uint32), jax.ShapeDtypeStruct(posterior_shape, post_dtype),
+                   jax.ShapeDtypeStruct((batch, width), jnp.int32)]
+    host = partial(_host_forward, blank=blank, dtype_name=dtype_name, width=width, need_grad=need_grad)
+    return jax.pure_callback(host, tuple(shapes), _as_bits(logits), logit_paddings, labels, label_paddings,
+                             vmap_method="broadcast_all")
+
+
+def _loss_from(nll, dtype):
+    """The losses in ``dtype``: float64 from its bits; the others from float32."""
+    return _from_float64_bits(nll) if jnp.dtype(dtype) == jnp.float64 else nll.astype(dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _loss(logits, logit_paddings, labels, label_paddings, blank):
+    (nll_bits,) = _forward_call(logits, logit_paddings, labels, label_paddings, blank, False)
+    return _loss_from(nll_bits, logits.dtype)
+
+
+def _loss_fwd(logits, logit_paddings, labels, label_paddings, blank):
+    nll_bits, lse_bits, posteriors, class_of_column = _forward_call(logits, logit_paddings, labels, label_paddings, blank,
+                                                                    True)
+    residuals = (logits, logit_paddings, labels, label_paddings, nll_bits, lse_bits, posteriors, class_of_column)
+    return _loss_from(nll_bits, logits.dtype), residuals
+
+
+def _loss_bwd(blank, residuals, g):
+    logits, logit_paddings, labels, label_paddings, nll_bits, lse_bits, posteriors, class_of_column = residuals
+    dtype_name = jnp.dtype(logits.dtype).name
+    shape = logits.shape + ((2,) if dtype_name == "float64" else ())
+    result = jax.ShapeDtypeStruct(shape, jnp.uint32 if dtype_name == "float64" else jnp.float32)
+    host = partial(_host_gradient, blank=blank, dtype_name=dtype_name)
+    grad = jax.pure_callback(host, result, _as_bits(logits), logit_paddings, labels, label_paddings, nll_bits, lse_bits,
+                             posteriors, class_of_column, _as_bits(g if dtype_name == "float64" else g.astype(jnp.float32)),
+                             vmap_method="broadcast_all")
+    grad = _from_float64_bits(grad) if dtype_name == "float64" else grad.astype(logits.dtype)
+    return grad, None, None, None
+
+
+_loss.defvjp(_loss_fwd, _loss_bwd)
