@@ -6,6 +6,8 @@ logits (T, N, C)) to their gradient. Each provider runs it as its users do:
 - ``ctckit fused``: :func:`ctckit.torch.ctc_loss_from_logits` and ``backward()``;
 - ``ctckit+log_softmax``: ``log_softmax`` then :func:`ctckit.torch.ctc_loss`;
 - ``torch``: ``log_softmax`` then ``torch.nn.functional.ctc_loss``;
+- ``ctckit.jax``: ``jax.value_and_grad`` of :func:`ctckit.jax.ctc_loss` (jitted), the
+  drop-in for optax's;
 - ``optax``: ``jax.value_and_grad`` of ``optax.ctc_loss``, which takes logits (jitted);
 - ``tensorflow``: ``tf.nn.ctc_loss`` on logits (softmax inside) under a ``GradientTape``.
 
@@ -30,7 +32,7 @@ import numpy as np
 
 from ._bench_common import SHAPES, interleaved_medians, make_problem
 
-STEP_PROVIDERS = ("ctckit fused", "ctckit+log_softmax", "torch", "optax", "tensorflow")
+STEP_PROVIDERS = ("ctckit fused", "ctckit+log_softmax", "ctckit.jax", "torch", "optax", "tensorflow")
 FUSED, PEERS = "ctckit fused", ("torch", "optax", "tensorflow")
 
 
@@ -76,19 +78,30 @@ def step_torch(logits, problem):
     return _torch_step(logits, problem, lambda x, *args, **kw: F.ctc_loss(x.log_softmax(-1), *args, **kw))
 
 
-def step_optax(logits, problem):
+def _jax_step(logits, problem, loss_fn):
     import jax
     import jax.numpy as jnp
-    import optax
 
     x = jnp.asarray(np.ascontiguousarray(logits.transpose(1, 0, 2)))  # (N, T, C)
     frames, max_target = logits.shape[0], problem.targets.shape[1]
     logit_pad = jnp.asarray((np.arange(frames)[None, :] >= problem.input_lengths[:, None]).astype(np.float32))
     labels = jnp.asarray(problem.targets.astype(np.int32))
     label_pad = jnp.asarray((np.arange(max_target)[None, :] >= problem.target_lengths[:, None]).astype(np.float32))
-    losses_fn = jax.jit(lambda z: optax.ctc_loss(z, logit_pad, labels, label_pad, blank_id=0))
-    grad_fn = jax.jit(jax.value_and_grad(lambda z: optax.ctc_loss(z, logit_pad, labels, label_pad, blank_id=0).sum()))
+    losses_fn = jax.jit(lambda z: loss_fn(z, logit_pad, labels, label_pad, blank_id=0))
+    grad_fn = jax.jit(jax.value_and_grad(lambda z: loss_fn(z, logit_pad, labels, label_pad, blank_id=0).sum()))
     return np.asarray(losses_fn(x), dtype=np.float64), lambda: grad_fn(x)[1].block_until_ready()
+
+
+def step_ctckit_jax(logits, problem):
+    import ctckit.jax
+
+    return _jax_step(logits, problem, ctckit.jax.ctc_loss)
+
+
+def step_optax(logits, problem):
+    import optax
+
+    return _jax_step(logits, problem, optax.ctc_loss)
 
 
 def step_tensorflow(logits, problem):
@@ -116,7 +129,8 @@ def step_tensorflow(logits, problem):
     return losses_fn(x).numpy().astype(np.float64), lambda: grad_fn(x).numpy()
 
 
-_LOADERS = {"ctckit fused": step_ctckit_fused, "ctckit+log_softmax": step_ctckit_log_softmax, "torch": step_torch,
+_LOADERS = {"ctckit fused": step_ctckit_fused, "ctckit+log_softmax": step_ctckit_log_softmax,
+            "ctckit.jax": step_ctckit_jax, "torch": step_torch,
             "optax": step_optax, "tensorflow": step_tensorflow}
 
 
@@ -143,6 +157,12 @@ def providers_for(names):
     """The step providers that correspond to the benchmark's ``--providers``."""
     wanted = set(names)
     return [p for p in STEP_PROVIDERS if (p.startswith("ctckit") and "ctckit" in wanted) or p in wanted]
+
+
+def jax_ratio(row):
+    """optax's step time over ctckit.jax's, when both ran."""
+    ms = row["ms"]
+    return ms["optax"] / ms["ctckit.jax"] if "optax" in ms and "ctckit.jax" in ms else None
 
 
 def run_step(shapes, providers, repeats, log=print):
@@ -178,6 +198,8 @@ def run_step(shapes, providers, repeats, log=print):
 def _step_line(row):
     times = " ".join(f"{n} {t:.2f}" for n, t in row["ms"].items())
     ratio = f" | fastest peer {row['fastest_peer']} x{row['ratio']:.1f}" if "ratio" in row else ""
+    if jax_ratio(row) is not None:
+        ratio += f" | optax / ctckit.jax x{jax_ratio(row):.1f}"
     skipped = (" | skipped: " + ", ".join(f"{n} ({why})" for n, why in row["skipped"].items())) if row["skipped"] else ""
     return f"{row['shape']:6s} step: {times} | floor {row['floor_ms']:.2f}{ratio}{skipped}"
 
