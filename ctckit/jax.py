@@ -125,9 +125,10 @@ def _host_indices(shape, logit_paddings, labels, label_paddings, blank):
     counts, the labels packed to the front if padding lies between them) and the used
     frames' mask (B', T); B' flattens vmap's leading axes of ``labels``."""
     frames, classes = shape[-2], shape[-1]
-    label_used = np.asarray(label_paddings) == 0
-    labels = np.asarray(labels).reshape(-1, label_used.shape[-1])
-    label_used = label_used.reshape(labels.shape)
+    labels = np.asarray(labels)
+    items = int(np.prod(labels.shape[:-1]))  # B' (N may be 0: no reshape(-1, 0))
+    labels = labels.reshape(items, labels.shape[-1])
+    label_used = (np.asarray(label_paddings) == 0).reshape(labels.shape)
     used = (np.asarray(logit_paddings) == 0).reshape(labels.shape[0], frames)
     input_lengths, target_lengths = used.sum(axis=1), label_used.sum(axis=1)
     if not (label_used == (np.arange(labels.shape[1]) < target_lengths[:, None])).all():
