@@ -8,10 +8,12 @@ whatever the logits' dtype, an exact gradient ``g_b * (softmax - posterior)``.
 
 Plumbing: the core runs on the host through ``jax.pure_callback`` (under ``jit``, ``vmap``
 with ``vmap_method="broadcast_all"``, on any backend: arrays on a GPU or TPU make a round
-trip to the host), differentiated by ``jax.custom_vjp``. The forward keeps for the
-backward each frame's log-sum-exp and the posteriors of each item's distinct classes
-(K at most ``min(C, N + 1)``); the backward writes the gradient in one pass over the
-logits. Every float64 array crosses the callback boundary as its bits (pairs of uint32),
+trip to the host), differentiated by ``jax.custom_vjp``. Differentiated, the forward's
+callback also returns each item's gradient (one pass over the logits after the loss),
+which the backward scales by the incoming cotangent: one callback a step, the logits
+crossing into it once and the gradient out once (a callback copies what crosses it; a
+second one in the backward, from residuals, made bpe5k's step 2.5x slower). Every float64
+array crosses the callback boundary as its bits (pairs of uint32),
 and half types as uint16 bits: the callback never depends on JAX's x64 setting of the
 thread XLA runs it on (under ``jax.enable_x64`` used as a context manager, a callback on
 one of XLA's threads sees x64 off), so float64 stays float64.
@@ -92,11 +94,6 @@ def _check(logits, logit_paddings, labels, label_paddings) -> None:
             raise TypeError(f"{name} must be real (1 on padding, 0 elsewhere), got {paddings.dtype}")
 
 
-def _width(classes: int, max_labels: int) -> int:
-    """K of the saved posteriors: at most the labels and the blank, at most C classes."""
-    return min(classes, max_labels + 1)
-
-
 def _as_bits(x):
     """What crosses the callback for a float array: float32 itself, float64 as uint32 pairs
     (last axis 2), half types as uint16."""
@@ -155,72 +152,37 @@ def _host_batch(values, logit_paddings, labels, label_paddings, blank):
     return values.transpose(1, 0, 2), batch, used
 
 
-def _host_forward(bits, logit_paddings, labels, label_paddings, *, blank, dtype_name, width, need_grad):
-    """The callback of the forward: losses (float64 bits for float64 logits, else float32)
-    and, with ``need_grad``, the
-    backward's residuals: lse (float64 bits, (B', T, 2)), posteriors (B', T, K) float32 or
-    float64 bits, class of each column (B', K) int32."""
+def _host_forward(bits, logit_paddings, labels, label_paddings, *, blank, dtype_name, need_grad):
+    """The callback of the forward: the losses (float64 bits for float64 logits, else
+    float32) and, with ``need_grad``, the gradient of each item's loss w.r.t. its logits
+    (B', T, K), zero on padded frames (float32, or float64 bits), which the backward scales."""
     lead = np.shape(labels)[:-1]
-    values, fmt = _host_logits(bits, dtype_name)
-    view, batch, _ = _host_batch(values, logit_paddings, labels, label_paddings, blank)
-    nll, saved = _core.negative_log_likelihood_from_logits(view, fmt, batch, blank, need_grad, width)
-    nll = np.maximum(nll, 0.0)  # -log P >= 0: float64 rounding may give -1e-16 for P = 1
-    out = [nll.reshape(lead).view(np.uint32).reshape(*lead, 2) if dtype_name == "float64" else nll.astype(np.float32).reshape(lead)]
-    if need_grad:
-        lse, posteriors, class_of_column = saved
-        frames = view.shape[0]
-        out.append(np.ascontiguousarray(lse.T).view(np.uint32).reshape(*lead, frames, 2))
-        posteriors = np.ascontiguousarray(posteriors.transpose(1, 0, 2))
-        if posteriors.dtype == np.float64:
-            posteriors = posteriors.view(np.uint32).reshape(*posteriors.shape[:-1], width, 2)
-        out.append(posteriors.reshape(*lead, *posteriors.shape[1:]))
-        out.append(class_of_column.astype(np.int32).reshape(*lead, width))
-    return tuple(out)
-
-
-def _host_gradient(bits, logit_paddings, labels, label_paddings, nll_bits, lse_bits, posteriors, class_of_column, g, *,
-                   blank, dtype_name):
-    """The callback of the backward: the gradient w.r.t. the logits (B', T, K), float32 or
-    float64 bits, zero on padded frames."""
     values, fmt = _host_logits(bits, dtype_name)
     classes, frames = values.shape[-1], values.shape[-2]
     view, batch, used = _host_batch(values, logit_paddings, labels, label_paddings, blank)
-    size = view.shape[1]
+    nll, saved = _core.negative_log_likelihood_from_logits(view, fmt, batch, blank, need_grad)
+    nll = np.maximum(nll, 0.0)  # -log P >= 0: float64 rounding may give -1e-16 for P = 1
     double = dtype_name == "float64"
-    nll = (np.ascontiguousarray(nll_bits).view(np.float64) if double else np.asarray(nll_bits, np.float64)).reshape(size)
-    lse = np.ascontiguousarray(lse_bits).view(np.float64).reshape(size, frames).T
-    posteriors = np.ascontiguousarray(posteriors)
-    if dtype_name == "float64":
-        posteriors = posteriors.view(np.float64)[..., 0]
-    posteriors = posteriors.reshape(size, frames, -1).transpose(1, 0, 2)
-    saved = (np.ascontiguousarray(lse), np.ascontiguousarray(posteriors),
-             np.ascontiguousarray(class_of_column, dtype=np.int64).reshape(size, -1))
-    scale = (np.ascontiguousarray(g).view(np.float64) if double else np.asarray(g, dtype=np.float64)).reshape(size)
-    grad = _core.gradient_from_logits(view, fmt, saved, batch.input_lengths, nll, scale).transpose(1, 0, 2)
-    if not (used == (np.arange(frames) < batch.input_lengths[:, None])).all():  # unpack to the frames they came from
-        unpacked = np.zeros_like(grad)
-        for b in range(size):
-            unpacked[b, used[b]] = grad[b, :batch.input_lengths[b]]
-        grad = unpacked
-    grad = np.ascontiguousarray(grad)
-    lead = np.shape(labels)[:-1]
-    if grad.dtype == np.float64:
-        return grad.view(np.uint32).reshape(*lead, frames, classes, 2)
-    return grad.reshape(*lead, frames, classes)
+    out = [nll.reshape(lead).view(np.uint32).reshape(*lead, 2) if double else nll.astype(np.float32).reshape(lead)]
+    if need_grad:
+        size = view.shape[1]
+        grad = _core.gradient_from_logits(view, fmt, saved, batch.input_lengths, nll, np.ones(size)).transpose(1, 0, 2)
+        if not (used == (np.arange(frames) < batch.input_lengths[:, None])).all():  # back to the frames they came from
+            unpacked = np.zeros_like(grad)
+            for b in range(size):
+                unpacked[b, used[b]] = grad[b, :batch.input_lengths[b]]
+            grad = unpacked
+        grad = np.ascontiguousarray(grad)  # batch-first logits give it batch-first already: no copy
+        out.append(grad.view(np.uint32).reshape(*lead, frames, classes, 2) if double else grad.reshape(*lead, frames, classes))
+    return tuple(out)
 
 
 def _forward_call(logits, logit_paddings, labels, label_paddings, blank, need_grad):
-    batch, frames, classes = logits.shape
-    width = _width(classes, labels.shape[1])
-    dtype_name = jnp.dtype(logits.dtype).name
-    double = dtype_name == "float64"
-    shapes = [jax.ShapeDtypeStruct((batch, 2), jnp.uint32) if double else jax.ShapeDtypeStruct((batch,), jnp.float32)]
+    double = jnp.dtype(logits.dtype) == jnp.float64
+    shapes = [jax.ShapeDtypeStruct(logits.shape[:1] + ((2,) if double else ()), jnp.uint32 if double else jnp.float32)]
     if need_grad:
-        posterior_shape = (batch, frames, width, 2) if dtype_name == "float64" else (batch, frames, width)
-        post_dtype = jnp.uint32 if dtype_name == "float64" else jnp.float32
-        shapes += [jax.ShapeDtypeStruct((batch, frames, 2), jnp.uint32), jax.ShapeDtypeStruct(posterior_shape, post_dtype),
-                   jax.ShapeDtypeStruct((batch, width), jnp.int32)]
-    host = partial(_host_forward, blank=blank, dtype_name=dtype_name, width=width, need_grad=need_grad)
+        shapes.append(jax.ShapeDtypeStruct(logits.shape + ((2,) if double else ()), jnp.uint32 if double else jnp.float32))
+    host = partial(_host_forward, blank=blank, dtype_name=jnp.dtype(logits.dtype).name, need_grad=need_grad)
     return jax.pure_callback(host, tuple(shapes), _as_bits(logits), logit_paddings, labels, label_paddings,
                              vmap_method="broadcast_all")
 
@@ -237,23 +199,17 @@ def _loss(logits, logit_paddings, labels, label_paddings, blank):
 
 
 def _loss_fwd(logits, logit_paddings, labels, label_paddings, blank):
-    nll_bits, lse_bits, posteriors, class_of_column = _forward_call(logits, logit_paddings, labels, label_paddings, blank,
-                                                                    True)
-    residuals = (logits, logit_paddings, labels, label_paddings, nll_bits, lse_bits, posteriors, class_of_column)
-    return _loss_from(nll_bits, logits.dtype), residuals
+    nll, grad = _forward_call(logits, logit_paddings, labels, label_paddings, blank, True)
+    return _loss_from(nll, logits.dtype), grad
 
 
-def _loss_bwd(blank, residuals, g):
-    logits, logit_paddings, labels, label_paddings, nll_bits, lse_bits, posteriors, class_of_column = residuals
-    dtype_name = jnp.dtype(logits.dtype).name
-    shape = logits.shape + ((2,) if dtype_name == "float64" else ())
-    result = jax.ShapeDtypeStruct(shape, jnp.uint32 if dtype_name == "float64" else jnp.float32)
-    host = partial(_host_gradient, blank=blank, dtype_name=dtype_name)
-    grad = jax.pure_callback(host, result, _as_bits(logits), logit_paddings, labels, label_paddings, nll_bits, lse_bits,
-                             posteriors, class_of_column, _as_bits(g if dtype_name == "float64" else g.astype(jnp.float32)),
-                             vmap_method="broadcast_all")
-    grad = _from_float64_bits(grad) if dtype_name == "float64" else grad.astype(logits.dtype)
-    return grad, None, None, None
+def _loss_bwd(blank, grad, g):
+    """``g[b] * grad[b]``: the forward computed each item's gradient (one callback a step,
+    the logits crossing it once)."""
+    double = grad.dtype == jnp.uint32
+    unit = _from_float64_bits(grad) if double else grad
+    scaled = g.astype(unit.dtype)[..., None, None] * unit
+    return scaled.astype(g.dtype), None, None, None
 
 
 _loss.defvjp(_loss_fwd, _loss_bwd)

@@ -186,9 +186,9 @@ def _row_max(row):
 
 
 @njit(**HOT)
-def _gather_frames(frames, cancel, logits, fmt, input_lengths, class_of_column, lse, compact):
+def _gather_frames(frames, cancel, logits, batch_major, fmt, input_lengths, class_of_column, lse, compact):
     """:func:`gather_log_probs` over the frame indices ``frames``."""
-    size, classes, width = logits.shape[1], logits.shape[2], compact.shape[2]
+    size, classes, width = compact.shape[1], logits.shape[2], compact.shape[2]
     scratch = np.empty(classes)
     scratch32 = np.empty((2, classes), dtype=np.float32)
     row, row32, half = unmanaged(scratch), unmanaged(scratch32)[0], unmanaged(scratch32)[1]
@@ -202,7 +202,7 @@ def _gather_frames(frames, cancel, logits, fmt, input_lengths, class_of_column, 
                 for j in range(width):
                     compact[t, n, j] = 0.0
                 continue
-            values = _readable_row(unmanaged(logits)[t, n], fmt, half)
+            values = _readable_row(unmanaged(logits)[n, t] if batch_major else unmanaged(logits)[t, n], fmt, half)
             top = _row_max(values)
             log_norm = top + np.log(_exp_sum(values, top, row, row32))
             lse[t, n] = log_norm
@@ -213,12 +213,13 @@ def _gather_frames(frames, cancel, logits, fmt, input_lengths, class_of_column, 
 
 
 @njit(**HOT)
-def _gradient_frames(frames, cancel, logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad):
+def _gradient_frames(frames, cancel, logits, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale,
+                     grad):
     """:func:`logit_gradient` over the frame indices ``frames``: the softmax times the
     item's scale, written once (float32 output: exps in float32, see
     :func:`.vexp32_shifted`), then the classes the item uses again, with their
     posteriors, rounded once from float64."""
-    size, classes, width = logits.shape[1], logits.shape[2], class_of_column.shape[1]
+    size, classes, width = lse.shape[1], logits.shape[2], class_of_column.shape[1]
     scratch = np.empty(classes)
     scratch32 = np.empty((2, classes), dtype=np.float32)
     row, row32, half = unmanaged(scratch), unmanaged(scratch32)[0], unmanaged(scratch32)[1]
@@ -229,12 +230,12 @@ def _gradient_frames(frames, cancel, logits, fmt, lse, posteriors, class_of_colu
         t = frames[i]
         for n in range(size):
             factor = scale[n]
-            target = out[t, n]
+            target = out[n, t] if batch_major else out[t, n]
             if t >= input_lengths[n] or factor == 0.0:
                 for c in range(classes):
                     target[c] = 0.0
                 continue
-            values = _readable_row(unmanaged(logits)[t, n], fmt, half)
+            values = _readable_row(unmanaged(logits)[n, t] if batch_major else unmanaged(logits)[t, n], fmt, half)
             exps, rounded_factor = _softmax_row(values, lse[t, n], factor, row, row32, target)
             for c in range(classes):
                 target[c] = exps[c] * rounded_factor
@@ -246,29 +247,46 @@ def _gradient_frames(frames, cancel, logits, fmt, lse, posteriors, class_of_colu
 
 
 @njit(**PARALLEL)
-def _gather_frames_openmp(frames, logits, fmt, input_lengths, class_of_column, lse, compact):
+def _gather_frames_openmp(frames, logits, batch_major, fmt, input_lengths, class_of_column, lse, compact):
     """:func:`_gather_frames` over all ``frames`` at once, on Numba's OpenMP threads."""
     never = np.zeros(1, dtype=np.int64)
     for i in prange(frames.shape[0]):
-        _gather_frames(frames[i:i + 1], never, logits, fmt, input_lengths, class_of_column, lse, compact)
+        _gather_frames(frames[i:i + 1], never, logits, batch_major, fmt, input_lengths, class_of_column, lse, compact)
 
 
 @njit(**PARALLEL)
-def _gradient_frames_openmp(frames, logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad):
+def _gradient_frames_openmp(frames, logits, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale,
+                            grad):
     """:func:`_gradient_frames` over all ``frames`` at once, on Numba's OpenMP threads."""
     never = np.zeros(1, dtype=np.int64)
     for i in prange(frames.shape[0]):
-        _gradient_frames(frames[i:i + 1], never, logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad)
+        _gradient_frames(frames[i:i + 1], never, logits, batch_major, fmt, lse, posteriors, class_of_column, input_lengths,
+                         scale, grad)
+
+
+def frame_rows(logits):
+    """``(rows, batch_major)``: (T, N, C) logits as a C-contiguous array the kernels index
+    by row: ``logits`` itself (``rows[t, n]``), the (N, T, C) array it is a transposed view
+    of (``rows[n, t]``, batch-first models: no copy), or a contiguous copy. On a strided
+    row Numba's code does not vectorise (6x slower)."""
+    if logits.flags.c_contiguous:
+        return logits, False
+    batch_first = logits.transpose(1, 0, 2)
+    if batch_first.flags.c_contiguous:
+        return batch_first, True
+    return np.ascontiguousarray(logits), False
 
 
 def gather_log_probs(logits, fmt, input_lengths, class_of_column):
     """``(lse, compact)``: ``lse[t, n]`` (float64 (T, N)) and the used columns of the
     log-softmax, ``compact[t, n, j] = x[t, n, class_of_column[n, j]] - lse[t, n]`` (float64
-    (T, N, K), ``-inf`` past an item's columns); zeros on frames past an item's length."""
+    (T, N, K), ``-inf`` past an item's columns); zeros on frames past an item's length.
+    ``logits``: (T, N, C), any strides (see :func:`frame_rows`)."""
     frames, size, classes = logits.shape
+    rows, batch_major = frame_rows(logits)
     lse = np.empty((frames, size))
     compact = np.empty((frames, size, class_of_column.shape[1]))
-    arguments = (logits, fmt, input_lengths, class_of_column, lse, compact)
+    arguments = (rows, batch_major, fmt, input_lengths, class_of_column, lse, compact)
     pool.run(lambda chunk, cancel: _gather_frames(chunk, cancel, *arguments), np.full(frames, ROW_NS * size * classes),
              lambda: _gather_frames_openmp(np.arange(frames, dtype=np.int64), *arguments))
     return lse, compact
@@ -278,10 +296,13 @@ def logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths,
     """The gradient of ``sum_n scale[n] loss_n`` w.r.t. the logits, (T, N, C) in
     ``out_dtype``: ``scale[n] * (exp(x - lse) + posteriors)`` with ``posteriors`` the core's
     exact gradient w.r.t. the compact log-probs (minus the occupation of each column's
-    class); zero on frames past an item's length and for items with ``scale[n] == 0``."""
+    class); zero on frames past an item's length and for items with ``scale[n] == 0``. For
+    batch-first logits (see :func:`frame_rows`) it is a (T, N, C) view of a batch-first
+    array, as they are."""
     frames, size, classes = logits.shape
-    grad = np.empty((frames, size, classes), dtype=out_dtype)
-    arguments = (logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad)
+    rows, batch_major = frame_rows(logits)
+    grad = np.empty(rows.shape, dtype=out_dtype)
+    arguments = (rows, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad)
     pool.run(lambda chunk, cancel: _gradient_frames(chunk, cancel, *arguments), np.full(frames, ROW_NS * size * classes),
              lambda: _gradient_frames_openmp(np.arange(frames, dtype=np.int64), *arguments))
-    return grad
+    return grad.transpose(1, 0, 2) if batch_major else grad
