@@ -264,6 +264,19 @@ def _gradient_frames_openmp(frames, logits, batch_major, fmt, lse, posteriors, c
                          scale, grad)
 
 
+def _frame_costs(shape):
+    frames, size, classes = shape
+    return np.full(frames, ROW_NS * size * classes)
+
+
+def _together(shape, openmp):
+    """The OpenMP twin for :func:`.pool.run`, or none for a pass under ``SERIAL_COST``:
+    the calling thread alone then, as on ctckit's pool (docs' passes take 20-50 us; waking
+    OpenMP's threads next to busy peers cost more than that)."""
+    frames, size, classes = shape
+    return None if ROW_NS * frames * size * classes <= pool.SERIAL_COST else openmp
+
+
 def frame_rows(logits):
     """``(rows, batch_major)``: (T, N, C) logits as a C-contiguous array the kernels index
     by row: ``logits`` itself (``rows[t, n]``), the (N, T, C) array it is a transposed view
@@ -287,8 +300,8 @@ def gather_log_probs(logits, fmt, input_lengths, class_of_column):
     lse = np.empty((frames, size))
     compact = np.empty((frames, size, class_of_column.shape[1]))
     arguments = (rows, batch_major, fmt, input_lengths, class_of_column, lse, compact)
-    pool.run(lambda chunk, cancel: _gather_frames(chunk, cancel, *arguments), np.full(frames, ROW_NS * size * classes),
-             lambda: _gather_frames_openmp(np.arange(frames, dtype=np.int64), *arguments))
+    pool.run(lambda chunk, cancel: _gather_frames(chunk, cancel, *arguments), _frame_costs(logits.shape),
+             _together(logits.shape, lambda: _gather_frames_openmp(np.arange(frames, dtype=np.int64), *arguments)))
     return lse, compact
 
 
@@ -303,6 +316,6 @@ def logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths,
     rows, batch_major = frame_rows(logits)
     grad = np.empty(rows.shape, dtype=out_dtype)
     arguments = (rows, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad)
-    pool.run(lambda chunk, cancel: _gradient_frames(chunk, cancel, *arguments), np.full(frames, ROW_NS * size * classes),
-             lambda: _gradient_frames_openmp(np.arange(frames, dtype=np.int64), *arguments))
+    pool.run(lambda chunk, cancel: _gradient_frames(chunk, cancel, *arguments), _frame_costs(logits.shape),
+             _together(logits.shape, lambda: _gradient_frames_openmp(np.arange(frames, dtype=np.int64), *arguments)))
     return grad.transpose(1, 0, 2) if batch_major else grad
