@@ -18,7 +18,9 @@ call by :mod:`ctckit._inputs`: a :class:`~ctckit._core.indices.Batch` of host in
   class_of_column)``, (T, N), (T, N, width) and (N, width) (see
   :func:`ctckit._core.negative_log_likelihood_from_logits`);
 * ``logit_gradient(logits, saved, batch, nll, scale) -> grad``: the gradient of ``sum_n
-  scale[n] * loss_n`` w.r.t. the logits, in their dtype;
+  scale[n] * loss_n`` w.r.t. the logits, in their dtype, C-contiguous whatever the
+  logits' strides (a compiled graph may hand the operator other strides than its fake
+  saw);
 * ``align(log_probs, targets, input_lengths, target_lengths, blank) -> (alignments,
   scores)``: forced alignment, validated by :mod:`ctckit._decode`, on the device of
   ``log_probs``.
@@ -155,8 +157,8 @@ class _Numba(Backend):
         array, fmt = logits_view(logits)
         lse, posteriors, class_of_column = (tensor.numpy() for tensor in saved)
         grad = _core.gradient_from_logits(array, fmt, (lse, posteriors, class_of_column), batch.input_lengths,
-                                          nll.detach().numpy(), scale.detach().to(torch.float64).numpy())
-        return torch.from_numpy(grad).to(logits.dtype)
+                                          nll.detach().numpy(), scale.detach().to(torch.float64).numpy(), time_major=True)
+        return torch.from_numpy(grad).to(logits.dtype)  # C-contiguous, as the operator's fake says
 
     def align(self, log_probs, targets, input_lengths, target_lengths, blank):
         arrays = map(to_numpy, (log_probs, targets, input_lengths, target_lengths))
@@ -196,7 +198,7 @@ class _Triton(Backend):
         return self.kernels().loss_from_logits(resolved(logits), batch, blank, need_grad, width, gradient_dtype)
 
     def logit_gradient(self, logits, saved, batch, nll, scale):
-        return self.kernels().logit_gradient(resolved(logits), saved, batch, nll, scale)
+        return self.kernels().logit_gradient(resolved(logits), saved, batch, nll, scale)  # C-contiguous
 
     def align(self, log_probs, targets, input_lengths, target_lengths, blank):
         _, batch = _decode.alignable_batch(log_probs.shape, *map(to_numpy, (targets, input_lengths, target_lengths)), blank)

@@ -100,7 +100,7 @@ def _gradient_impl(logits, lse, posteriors, class_of_column, targets, input_leng
 @_gradient_op.register_fake
 def _gradient_fake(logits, lse, posteriors, class_of_column, targets, input_lengths, target_lengths, nll, scale, blank,
                    engine="numba"):
-    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)  # what every backend returns
 
 
 def _setup_context(ctx, inputs, output):

@@ -214,7 +214,7 @@ def _gather_frames(frames, cancel, logits, batch_major, fmt, input_lengths, clas
 
 @njit(**HOT)
 def _gradient_frames(frames, cancel, logits, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale,
-                     grad):
+                     grad, grad_batch_major):
     """:func:`logit_gradient` over the frame indices ``frames``: the softmax times the
     item's scale, written once (float32 output: exps in float32, see
     :func:`.vexp32_shifted`), then the classes the item uses again, with their
@@ -230,7 +230,7 @@ def _gradient_frames(frames, cancel, logits, batch_major, fmt, lse, posteriors, 
         t = frames[i]
         for n in range(size):
             factor = scale[n]
-            target = out[n, t] if batch_major else out[t, n]
+            target = out[n, t] if grad_batch_major else out[t, n]
             if t >= input_lengths[n] or factor == 0.0:
                 for c in range(classes):
                     target[c] = 0.0
@@ -256,12 +256,12 @@ def _gather_frames_openmp(frames, logits, batch_major, fmt, input_lengths, class
 
 @njit(**PARALLEL)
 def _gradient_frames_openmp(frames, logits, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale,
-                            grad):
+                            grad, grad_batch_major):
     """:func:`_gradient_frames` over all ``frames`` at once, on Numba's OpenMP threads."""
     never = np.zeros(1, dtype=np.int64)
     for i in prange(frames.shape[0]):
         _gradient_frames(frames[i:i + 1], never, logits, batch_major, fmt, lse, posteriors, class_of_column, input_lengths,
-                         scale, grad)
+                         scale, grad, grad_batch_major)
 
 
 def _frame_costs(shape):
@@ -305,17 +305,19 @@ def gather_log_probs(logits, fmt, input_lengths, class_of_column):
     return lse, compact
 
 
-def logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, out_dtype):
+def logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, out_dtype, time_major=False):
     """The gradient of ``sum_n scale[n] loss_n`` w.r.t. the logits, (T, N, C) in
     ``out_dtype``: ``scale[n] * (exp(x - lse) + posteriors)`` with ``posteriors`` the core's
     exact gradient w.r.t. the compact log-probs (minus the occupation of each column's
     class); zero on frames past an item's length and for items with ``scale[n] == 0``. For
     batch-first logits (see :func:`frame_rows`) it is a (T, N, C) view of a batch-first
-    array, as they are."""
+    array, as they are, unless ``time_major`` asks for a C-contiguous (T, N, C) array (what
+    a compiled graph's operator must return whatever its input's strides)."""
     frames, size, classes = logits.shape
     rows, batch_major = frame_rows(logits)
-    grad = np.empty(rows.shape, dtype=out_dtype)
-    arguments = (rows, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad)
+    grad_batch_major = batch_major and not time_major
+    grad = np.empty((size, frames, classes) if grad_batch_major else (frames, size, classes), dtype=out_dtype)
+    arguments = (rows, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad, grad_batch_major)
     pool.run(lambda chunk, cancel: _gradient_frames(chunk, cancel, *arguments), _frame_costs(logits.shape),
              _together(logits.shape, lambda: _gradient_frames_openmp(np.arange(frames, dtype=np.int64), *arguments)))
-    return grad.transpose(1, 0, 2) if batch_major else grad
+    return grad.transpose(1, 0, 2) if grad_batch_major else grad

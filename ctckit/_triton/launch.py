@@ -178,8 +178,8 @@ def loss_from_logits(logits: torch.Tensor, batch: Batch, blank: int, need_grad: 
 
 
 def logit_gradient(logits: torch.Tensor, saved, batch: Batch, nll: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The gradient of ``sum_n scale[n] * loss_n`` w.r.t. the logits, in their dtype: zero
-    for an infeasible item, NaN on the frames of an item whose loss is NaN."""
+    """The gradient of ``sum_n scale[n] * loss_n`` w.r.t. the logits, in their dtype,
+    C-contiguous: zero for an infeasible item, NaN on the frames of an item whose loss is NaN."""
     lse, posteriors, class_of_column = saved
     frames, size, classes = logits.shape
     device = logits.device

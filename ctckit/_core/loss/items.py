@@ -192,7 +192,9 @@ def _item_gradient_log_space(log_probs, targets, offsets, input_lengths, target_
     slot = offsets[n] + n
     log_p = _log_space_item(log_probs, n, frames, blank, labels, length, skip, mode, grad, post, slot, scale[n], torch_grad,
                             label_post, cancel)
-    if not log_p > _NEG_INF:
+    if log_p != log_p:  # a NaN log-prob on the item's path (the rescaled rounds sent every NaN here)
+        _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
+    elif not log_p > _NEG_INF:
         _fill_item(mode, grad, post, n, slot, frames, length, 0.0)
     return -log_p, np.int64(STATUS_RECOMPUTED)
 
@@ -249,8 +251,8 @@ def _block_loss_passes(log_probs, labels, n, frames, length, blank, workspace, c
     rows, scales = rows.reshape((2, width)), scales.reshape((2, blocks))
     log_p, check_frame, check_shift = _alpha_pass_rolling(log_probs, n, frames, blank, labels, skip, rows, scales, exp_row,
                                                           y_label, gathered, kept_row, kept_scales, cancel)
-    if log_p != log_p:
-        return np.nan, STATUS_OK
+    if log_p != log_p:  # a NaN input, or log-probs past about 1e18, where the scales' arithmetic fails: log space decides
+        return np.nan, STATUS_PENDING
     if log_p > _NEG_INF:
         if check_frame < 0:
             return -log_p, STATUS_OK
@@ -323,9 +325,8 @@ def _block_gradient_passes(log_probs, labels, n, frames, length, blank, mode, to
     ok = False
     log_p = _alpha_checkpoints(log_probs, n, frames, span, blank, labels, skip, alpha, scales, shifts, emit_blank, emit_label,
                                emit_shift, exp_row, gathered, kept_rows, kept_scales, kept_shifts, cancel)
-    if log_p != log_p:
-        _fill_item(mode, grad, post, n, slot, frames, length, np.nan)
-        return np.nan, STATUS_OK
+    if log_p != log_p:  # as in _block_loss_passes: log space decides
+        return np.nan, STATUS_PENDING
     if log_p > _NEG_INF:
         ok = True
         b_shift = 0.0
