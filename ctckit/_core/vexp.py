@@ -56,25 +56,29 @@ def vexp_shifted(src, shift, dst):
 
 _F32 = np.float32
 _LOG2E_32, _LN2_HI_32, _LN2_LO_32 = _F32(_LOG2E), _F32(0.693359375), _F32(-2.12194440e-4)
-_LOWEST_32, _SHIFTER_32 = _F32(-87.0), _F32(12582912.0)  # 1.5 * 2^23
+_LOWEST_32, _HIGHEST_32, _SHIFTER_32 = _F32(-87.0), _F32(80.0), _F32(12582912.0)  # 1.5 * 2^23
 _D0, _D1, _D2, _D3, _D4, _D5, _D6 = (_F32(1.0 / math.factorial(i)) for i in range(7))
 
 
 @njit(**NJIT)  # not inlined, as vexp_shifted
-def vexp32_shifted(src, shift, dst):
-    """``dst[i] = exp(src[i] - shift)`` in float32 (``src`` and ``dst`` float32), as
+def vexp32_shifted(src, shift, dst, factor):
+    """``dst[i] = factor * exp(src[i] - shift)`` in float32 (``src``, ``dst`` and ``factor``
+    float32; the product in the same loop costs nothing more), as
     :func:`vexp_shifted` with a float32 Cody-Waite split and a degree-6 polynomial, on
     twice the SIMD lanes: relative error below 3e-7 plus about ``|src[i] - shift| * 2^-23``
     (the difference is rounded to float32: ``shift`` is split in two float32 parts, which
     costs that rounding and no conversion of each element; 0.32 ns an element against 0.51
-    through float64). Differences below -87 give 0 (float32's normal range ends at -87.3)."""
+    through float64). Differences below -87 give 0 (float32's normal range ends at -87.3);
+    above 80 they are clamped to 80, and their count is returned (0: every value exact)."""
     high = _F32(shift)
     low = _F32(shift - np.float64(high))
+    over = 0
     for i in range(dst.shape[0]):
         x0 = (src[i] - high) - low
+        over += 1 if x0 > _HIGHEST_32 else 0
         x = x0 if x0 == x0 else _F32(0.0)
         x = _LOWEST_32 if x < _LOWEST_32 else x
-        x = _F32(0.0) if x > _F32(0.0) else x
+        x = _HIGHEST_32 if x > _HIGHEST_32 else x
         shifted = x * _LOG2E_32 + _SHIFTER_32
         n = shifted - _SHIFTER_32
         r = x - n * _LN2_HI_32 - n * _LN2_LO_32
@@ -82,4 +86,5 @@ def vexp32_shifted(src, shift, dst):
         p = (_D0 + _D1 * r) + (_D2 + _D3 * r) * r2 + ((_D4 + _D5 * r) + _D6 * r2) * (r2 * r2)
         y = p * float32_from_bits((np.int32(bits_from_float32(shifted)) + np.int32(127)) << np.int32(23))
         y = _F32(0.0) if x0 < _LOWEST_32 else y
-        dst[i] = x0 if x0 != x0 else y
+        dst[i] = (x0 if x0 != x0 else y) * factor
+    return over
