@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -62,3 +67,36 @@ def interleaved_medians(calls: dict, repeats: int, warmup: int = 1) -> dict:
             calls[name]()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+_PROBE = r"""
+import gc, json, sys
+sys.path.insert(0, {src!r})
+
+def rss(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+
+{setup}
+run()  # compile and warm up
+gc.collect()
+base = rss("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) to the current RSS
+run()
+print(json.dumps(rss("VmHWM:") - base))
+"""
+
+
+def peak_rss_growth(setup: str):
+    """Growth of peak RSS (bytes) over one call of ``run``, which the Python code ``setup``
+    defines, in a fresh process (after one call to compile and warm up), or None when the
+    process fails."""
+    code = _PROBE.format(src=str(Path(__file__).resolve().parent.parent), setup=setup)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if result.returncode != 0:
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._bench_common import SHAPES, Problem, interleaved_medians, make_problem  # noqa: F401 (bench's names)
+from ._bench_common import SHAPES, Problem, interleaved_medians, make_problem, peak_rss_growth  # noqa: F401 (bench's names)
 from ._cli import int_option, require
 from .bench_step import run_step, run_step_memory, step_markdown
 
@@ -163,38 +163,10 @@ def skipped_providers(report) -> dict:
 
 # ------------------------------------------------------------------------------ memory
 
-_PROBE = r"""
-import gc, json, sys
-sys.path.insert(0, {src!r})
-from ctckit.bench import SHAPES, make_problem, load_provider
-
-def rss(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-
-problem = make_problem(SHAPES[{shape!r}])
-_, _, forward_backward = load_provider({provider!r}, problem)
-forward_backward()  # compile and warm up
-gc.collect()
-base = rss("VmRSS:")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset the peak (VmHWM) to the current RSS
-forward_backward()
-print(json.dumps(rss("VmHWM:") - base))
-"""
-
-
 def peak_memory(provider, shape_name):
     """Growth of peak RSS (bytes) over one forward+backward in a fresh process, or None."""
-    src = str(Path(__file__).resolve().parent.parent)
-    code = _PROBE.format(src=src, shape=shape_name, provider=provider)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    if result.returncode != 0:
-        return None
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return peak_rss_growth(f"from ctckit.bench import SHAPES, make_problem, load_provider\n"
+                           f"_, _, run = load_provider({provider!r}, make_problem(SHAPES[{shape_name!r}]))")
 
 
 def run_memory(shapes, providers, log=print):

@@ -21,16 +21,12 @@ per provider (:func:`peak_step_memory`).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from ._bench_common import SHAPES, interleaved_medians, make_problem
+from ._bench_common import SHAPES, interleaved_medians, make_problem, peak_rss_growth
 
 STEP_PROVIDERS = ("ctckit fused", "ctckit+log_softmax", "ctckit.jax", "torch", "optax", "tensorflow")
 FUSED, PEERS = "ctckit fused", ("torch", "optax", "tensorflow")
@@ -222,38 +218,10 @@ def step_markdown(step) -> list:
     return lines
 
 
-_STEP_PROBE = r"""
-import gc, json, sys
-sys.path.insert(0, {src!r})
-from ctckit.bench_step import SHAPES, load_step, make_step_problem
-
-def rss(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-
-logits, problem = make_step_problem(SHAPES[{shape!r}])
-_, step = load_step({provider!r}, logits, problem)
-step()  # compile and warm up
-gc.collect()
-base = rss("VmRSS:")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset the peak (VmHWM) to the current RSS
-step()
-print(json.dumps(rss("VmHWM:") - base))
-"""
-
-
 def peak_step_memory(provider, shape_name):
     """Growth of peak RSS (bytes) over one training step in a fresh process, or None."""
-    src = str(Path(__file__).resolve().parent.parent)
-    code = _STEP_PROBE.format(src=src, shape=shape_name, provider=provider)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    if result.returncode != 0:
-        return None
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return peak_rss_growth(f"from ctckit.bench_step import SHAPES, load_step, make_step_problem\n"
+                           f"_, run = load_step({provider!r}, *make_step_problem(SHAPES[{shape_name!r}]))")
 
 
 def run_step_memory(shapes, providers, log=print):
