@@ -23,8 +23,10 @@ target does not use). So:
 
 Nothing (T, N, C) is made but the gradient itself; the backward keeps ``lse`` and the
 (T, N, K) posteriors. Logits are read as they are: float32, float64, and float16 or
-bfloat16 through their bits (uint16, ``FORMAT_*``), converted exactly to float64 in the
-row buffer; every sum is float64.
+bfloat16 through their bits (uint16, ``FORMAT_*``), converted exactly to float32 in a row
+buffer; time-first (T, N, C) or batch-first (N, T, C) rows without a copy
+(:func:`frame_rows`). Exps are float32 for all but float64 logits (:func:`.vexp32_shifted`,
+relative error below 3e-7), every sum is float64.
 """
 
 import numpy as np
