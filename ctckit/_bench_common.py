@@ -100,3 +100,31 @@ def peak_rss_growth(setup: str):
     if result.returncode != 0:
         return None
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def provider_tensorflow(problem):
+    """TensorFlow's ``tf.nn.ctc_loss`` (sparse labels, softmax inside: log-probs or logits
+    alike) on ``problem.log_probs``: ``(losses, forward, forward_backward)``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    lp = tf.constant(problem.log_probs)
+    indices = [(n, k) for n in range(problem.targets.shape[0]) for k in range(problem.target_lengths[n])]
+    values = [problem.targets[n, k] for n, k in indices]
+    labels = tf.SparseTensor(np.array(indices, dtype=np.int64), np.array(values, dtype=np.int32),
+                             (problem.targets.shape[0], problem.targets.shape[1]))
+    il = tf.constant(problem.input_lengths.astype(np.int32))
+
+    @tf.function
+    def losses_fn(x):
+        return tf.nn.ctc_loss(labels, x, None, il, logits_time_major=True, blank_index=0)
+
+    @tf.function
+    def grad_fn(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(losses_fn(x))
+        return tape.gradient(loss, x)
+
+    losses = losses_fn(lp).numpy()
+    return losses, lambda: losses_fn(lp).numpy(), lambda: grad_fn(lp).numpy()

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._bench_common import SHAPES, Problem, interleaved_medians, make_problem, peak_rss_growth  # noqa: F401 (bench's names)
+from ._bench_common import (SHAPES, Problem, interleaved_medians, make_problem, peak_rss_growth,  # noqa: F401 (bench's names)
+                            provider_tensorflow)
 from ._cli import int_option, require
 from .bench_step import run_step, run_step_memory, step_markdown
 
@@ -79,32 +80,6 @@ def provider_optax(problem):
     grad_fn = jax.jit(jax.value_and_grad(lambda x: optax.ctc_loss(x, logit_pad, labels, label_pad, blank_id=0).sum()))
     losses = np.asarray(losses_fn(logits))
     return losses, lambda: losses_fn(logits).block_until_ready(), lambda: grad_fn(logits)[1].block_until_ready()
-
-
-def provider_tensorflow(problem):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
-    lp = tf.constant(problem.log_probs)
-    indices = [(n, k) for n in range(problem.targets.shape[0]) for k in range(problem.target_lengths[n])]
-    values = [problem.targets[n, k] for n, k in indices]
-    labels = tf.SparseTensor(np.array(indices, dtype=np.int64), np.array(values, dtype=np.int32),
-                             (problem.targets.shape[0], problem.targets.shape[1]))
-    il = tf.constant(problem.input_lengths.astype(np.int32))
-
-    @tf.function
-    def losses_fn(x):
-        return tf.nn.ctc_loss(labels, x, None, il, logits_time_major=True, blank_index=0)
-
-    @tf.function
-    def grad_fn(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(losses_fn(x))
-        return tape.gradient(loss, x)
-
-    losses = losses_fn(lp).numpy()
-    return losses, lambda: losses_fn(lp).numpy(), lambda: grad_fn(lp).numpy()
 
 
 def load_provider(name, problem):

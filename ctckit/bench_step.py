@@ -21,12 +21,12 @@ per provider (:func:`peak_step_memory`).
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
 
 import numpy as np
 
-from ._bench_common import SHAPES, interleaved_medians, make_problem, peak_rss_growth
+from ._bench_common import SHAPES, interleaved_medians, make_problem, peak_rss_growth, provider_tensorflow
 
 STEP_PROVIDERS = ("ctckit fused", "ctckit+log_softmax", "ctckit.jax", "torch", "optax", "tensorflow")
 FUSED, PEERS = "ctckit fused", ("torch", "optax", "tensorflow")
@@ -101,28 +101,8 @@ def step_optax(logits, problem):
 
 
 def step_tensorflow(logits, problem):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
-    x = tf.constant(logits)
-    indices = [(n, k) for n in range(problem.targets.shape[0]) for k in range(problem.target_lengths[n])]
-    values = [problem.targets[n, k] for n, k in indices]
-    labels = tf.SparseTensor(np.array(indices, dtype=np.int64), np.array(values, dtype=np.int32),
-                             (problem.targets.shape[0], problem.targets.shape[1]))
-    il = tf.constant(problem.input_lengths.astype(np.int32))
-
-    @tf.function
-    def losses_fn(z):
-        return tf.nn.ctc_loss(labels, z, None, il, logits_time_major=True, blank_index=0)
-
-    @tf.function
-    def grad_fn(z):
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            loss = tf.reduce_sum(losses_fn(z))
-        return tape.gradient(loss, z)
-
-    return losses_fn(x).numpy().astype(np.float64), lambda: grad_fn(x).numpy()
+    losses, _, forward_backward = provider_tensorflow(dataclasses.replace(problem, log_probs=logits))
+    return losses.astype(np.float64), forward_backward
 
 
 _LOADERS = {"ctckit fused": step_ctckit_fused, "ctckit+log_softmax": step_ctckit_log_softmax,
