@@ -18,7 +18,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from ._inputs import check_choice, check_dim, check_options, check_shapes
+from ._inputs import check_choice, check_dim, check_options, check_shapes, reduction_weights
 from ._torch_backends import BACKENDS, BY_NAME
 from ._torch_backends import choose as choose_backend
 from ._torch_common import (NoDoubleBackward, as_index_tensor, check_float_tensor, loss_dtype, plain_eager, reduced,
@@ -130,22 +130,55 @@ def _backward(ctx, grad_nll, *_grads_of_saved):
 _loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _EagerLoss(torch.autograd.Function):
-    """The operators' forward and backward without the operators, for plain tensors in
-    eager mode (as ``ctckit.torch._EagerLoss``)."""
+def _dense_is_smaller(shape, width: int, dtype: torch.dtype) -> bool:
+    """Whether the gradient itself, (T, N, C), takes no more memory than what the backward
+    would compute it from: ``lse`` (T, N) float64 and the posteriors (T, N, K). So for
+    small vocabularies (C <= K + 2 in float32: characters, ``C <= S + 1``)."""
+    frames, size, classes = shape
+    item = torch.finfo(gradient_dtype(dtype)).bits // 8
+    return frames * size * classes * item <= frames * size * (8 + width * item) + size * width * 8
+
+
+class _EagerStep(torch.autograd.Function):
+    """The loss and its reduction as one autograd node, for plain tensors in eager mode:
+    the operators and the reduction's torch operations (and their backward nodes) cost
+    more than the whole computation on small batches (docs: 50 x 16 x 20).
+
+    The forward keeps what the operators' forward keeps, or, when that is no smaller
+    (:func:`_dense_is_smaller`; float32/float64 logits), the gradient itself, computed at
+    once with the reduction's weights: the backward then multiplies it by the incoming
+    gradient (a scalar, or the N items' for ``reduction="none"``), which leaves it
+    bitwise unchanged when that is 1, as ``loss.backward()`` makes it."""
 
     @staticmethod
-    def forward(ctx, logits, targets, input_lengths, target_lengths, blank, need_grad, engine, batch):
-        inputs = (logits, targets, input_lengths, target_lengths, blank, need_grad, engine)
-        output = _loss_impl(*inputs, batch=batch)
-        ctx.mark_non_differentiable(*output[1:])
-        _setup_context(ctx, inputs, output)
-        ctx.eager, ctx.batch = True, batch
-        return output
+    def forward(ctx, logits, targets, input_lengths, target_lengths, blank, engine, batch, reduction, zero_infinity,
+                shapes, out_dtype):
+        backend = BY_NAME[engine]
+        width = min(logits.shape[2], targets.shape[-1] + 1)  # saved_width on concrete shapes
+        nll, saved = backend.loss_from_logits(logits.detach(), batch, blank, True, width)
+        loss = reduced(nll, reduction, zero_infinity, shapes, batch, target_lengths, out_dtype)
+        weights = torch.from_numpy(reduction_weights(batch.target_lengths, reduction))
+        ctx.engine, ctx.batch, ctx.weights, ctx.none = engine, batch, weights, reduction == "none"
+        if logits.dtype in (torch.float32, torch.float64) and _dense_is_smaller(logits.shape, width, logits.dtype):
+            ctx.dense = backend.logit_gradient(logits.detach(), saved, batch, nll, weights.to(nll.device))
+        else:
+            ctx.dense, ctx.saved, ctx.nll = None, saved, nll
+        ctx.save_for_backward(logits)  # autograd checks that it is unchanged at the backward
+        return loss
 
     @staticmethod
-    def backward(ctx, grad_nll, *grads_of_saved):
-        return *_backward(ctx, grad_nll, *grads_of_saved), None
+    def backward(ctx, grad_loss):
+        (logits,) = ctx.saved_tensors
+        incoming = grad_loss.reshape(-1) if ctx.none else grad_loss  # (N,), or a scalar
+        if ctx.dense is not None:
+            factor = incoming.to(ctx.dense.dtype)
+            grad = ctx.dense * (factor[None, :, None] if ctx.none else factor)
+        else:
+            scale = ctx.weights.to(incoming.device) * incoming.to(torch.float64)
+            grad = BY_NAME[ctx.engine].logit_gradient(logits.detach(), ctx.saved, ctx.batch, ctx.nll, scale)
+        if torch.is_grad_enabled() and logits.requires_grad:
+            grad = NoDoubleBackward.apply(grad, logits)
+        return grad, *(None,) * 10
 
 
 def ctc_loss_from_logits(
@@ -205,7 +238,10 @@ def ctc_loss_from_logits(
         else:
             batch = validated(compute.shape, targets, input_lengths, target_lengths, blank,
                               shapes if shapes.batched else None, values="logits")
-            nll = (_EagerLoss.apply(*inputs, batch) if need_grad else _loss_impl(*inputs, batch=batch))[0]
+            if need_grad:
+                return _EagerStep.apply(compute, targets, input_lengths, target_lengths, blank, backend.name, batch,
+                                        reduction, zero_infinity, shapes, out_dtype)
+            nll = _loss_impl(*inputs, batch=batch)[0]
     return reduced(nll, reduction, zero_infinity, shapes, batch, target_lengths, out_dtype)
 
 

@@ -174,6 +174,37 @@ def test_torch_matches_torch_ctc_loss_on_float64_log_softmax(reduction, blank, r
     torch.testing.assert_close(ours_x.grad, theirs_x.grad, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("classes", [5, 40])  # the eager step keeps the gradient itself (5), or the posteriors (40)
+def test_torch_upstream_gradient_and_a_second_backward(reduction, classes, rng):
+    # A random upstream gradient (not the 1 of loss.backward()), twice with retain_graph:
+    # the saved gradient or posteriors are scaled, never changed in place. Padded targets
+    # of width 6: K = min(C, 7) columns, so C = 5 keeps the gradient, C = 40 the posteriors.
+    x, targets, il, tl = _torch_problem(frames=12, batch=4, classes=classes, max_target=6, seed=len(reduction))
+    upstream = torch.tensor(rng.standard_normal(4) if reduction == "none" else 2.5, dtype=torch.float64)
+    theirs_x = x.clone().requires_grad_()
+    (theirs_grad,) = torch.autograd.grad(F.ctc_loss(theirs_x.log_softmax(2), targets, il, tl, 0, reduction,
+                                                    zero_infinity=True), theirs_x, upstream)
+    ours_x = x.clone().requires_grad_()
+    ours = ct.ctc_loss_from_logits(ours_x, targets, il, tl, 0, reduction, zero_infinity=True)
+    first = torch.autograd.grad(ours, ours_x, upstream, retain_graph=True)[0]
+    second = torch.autograd.grad(ours, ours_x, -upstream)[0]
+    torch.testing.assert_close(first, theirs_grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(second, -theirs_grad, rtol=0, atol=1e-10)
+    assert first.abs().max() > 0.01
+
+
+def test_torch_logits_changed_in_place_after_the_forward_are_refused():
+    x, targets, il, tl = _torch_problem(classes=4)  # small classes: the gradient is made in the forward
+    x.requires_grad_()
+    logits = x * 1.0
+    loss = ct.ctc_loss_from_logits(logits, targets, il, tl)
+    with torch.no_grad():
+        logits.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 # --------------------------------------------------------------------------- 2. float32 and large logits
 
 
