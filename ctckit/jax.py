@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _core
+from . import _core, _jax_ffi
+from ._core.pool import own_threads
 from ._inputs import check_blank, check_shapes, check_values
 from .errors import CTCInputError
 
@@ -152,63 +153,103 @@ def _host_batch(values, logit_paddings, labels, label_paddings, blank):
     return values.transpose(1, 0, 2), batch, used
 
 
-def _host_forward(bits, logit_paddings, labels, label_paddings, *, blank, dtype_name, need_grad):
-    """The callback of the forward: the losses (float64 bits for float64 logits, else
-    float32) and, with ``need_grad``, the gradient of each item's loss w.r.t. its logits
-    (B', T, K), zero on padded frames (float32, or float64 bits), which the backward scales."""
+def _forward_into(values, fmt, logit_paddings, labels, label_paddings, blank, nll_out, grad_out):
+    """The losses into ``nll_out`` (B',) and, if ``grad_out`` is not None, the gradient of
+    each item's loss w.r.t. its logits into it ((B', T, K), zero on padded frames), which
+    the backward scales. ``values``: the logits (B', T, K), C-contiguous."""
     lead = np.shape(labels)[:-1]
-    values, fmt = _host_logits(bits, dtype_name)
     classes, frames = values.shape[-1], values.shape[-2]
     view, batch, used = _host_batch(values, logit_paddings, labels, label_paddings, blank)
-    nll, saved = _core.negative_log_likelihood_from_logits(view, fmt, batch, blank, need_grad)
-    nll = np.maximum(nll, 0.0)  # -log P >= 0: float64 rounding may give -1e-16 for P = 1
+    nll, saved = _core.negative_log_likelihood_from_logits(view, fmt, batch, blank, grad_out is not None)
+    nll_out[...] = np.maximum(nll, 0.0).reshape(lead)  # -log P >= 0: float64 rounding may give -1e-16 for P = 1
+    if grad_out is None:
+        return
+    size = view.shape[1]
+    target = grad_out.reshape(size, frames, classes)  # a view: grad_out is C-contiguous
+    if (used == (np.arange(frames) < batch.input_lengths[:, None])).all():  # batch-first: written in place
+        # (T, B', K) in the memory of (B', T, K): the core writes it batch-first, or time-first
+        # when the view is C-contiguous too (B' = 1 or T = 1: the same memory either way)
+        out = target.reshape(frames, size, classes) if view.flags.c_contiguous else target
+        _core.gradient_from_logits(view, fmt, saved, batch.input_lengths, nll, np.ones(size), out=out)
+        return
+    grad = _core.gradient_from_logits(view, fmt, saved, batch.input_lengths, nll, np.ones(size)).transpose(1, 0, 2)
+    target[...] = 0.0
+    for b in range(size):  # back to the frames they came from
+        target[b, used[b]] = grad[b, :batch.input_lengths[b]]
+
+
+def _ffi_forward(inputs, outputs):
+    """The FFI handler's computation (:mod:`._jax_ffi`): XLA's buffers, written in place."""
+    (values, xla_dtype), (logit_paddings, _), (labels, _), (label_paddings, _), (blank, _) = inputs
+    fmt = {_jax_ffi.FLOAT16: _core.FORMAT_FLOAT16, _jax_ffi.BFLOAT16: _core.FORMAT_BFLOAT16}.get(xla_dtype, _core.FORMAT_FLOAT)
+    grad_out = outputs[1][0] if len(outputs) > 1 else None
+    with own_threads():  # XLA's threads spin meanwhile (see own_threads)
+        _forward_into(values, fmt, logit_paddings, labels, label_paddings, int(blank.reshape(-1)[0]), outputs[0][0],
+                      grad_out)
+
+
+def _callback_forward(bits, logit_paddings, labels, label_paddings, *, blank, dtype_name, need_grad):
+    """The ``pure_callback`` of the forward (arrays off the CPU): the losses and gradient of
+    :func:`_forward_into`, float64 as its bits (see the module's docstring)."""
+    values, fmt = _host_logits(bits, dtype_name)
     double = dtype_name == "float64"
-    out = [nll.reshape(lead).view(np.uint32).reshape(*lead, 2) if double else nll.astype(np.float32).reshape(lead)]
+    dtype = np.float64 if double else np.float32
+    nll = np.empty(np.shape(labels)[:-1], dtype=dtype)
+    grad = np.empty(np.shape(values), dtype=dtype) if need_grad else None
+    _forward_into(np.ascontiguousarray(values), fmt, logit_paddings, labels, label_paddings, blank, nll, grad)
+    out = [nll.view(np.uint32).reshape(*nll.shape, 2) if double else nll]
     if need_grad:
-        size = view.shape[1]
-        grad = _core.gradient_from_logits(view, fmt, saved, batch.input_lengths, nll, np.ones(size)).transpose(1, 0, 2)
-        if not (used == (np.arange(frames) < batch.input_lengths[:, None])).all():  # back to the frames they came from
-            unpacked = np.zeros_like(grad)
-            for b in range(size):
-                unpacked[b, used[b]] = grad[b, :batch.input_lengths[b]]
-            grad = unpacked
-        grad = np.ascontiguousarray(grad)  # batch-first logits give it batch-first already: no copy
-        out.append(grad.view(np.uint32).reshape(*lead, frames, classes, 2) if double else grad.reshape(*lead, frames, classes))
+        out.append(grad.view(np.uint32).reshape(*grad.shape, 2) if double else grad)
     return tuple(out)
 
 
+_FFI_TARGET = "ctckit_ctc_loss_from_logits"
+
+
 def _forward_call(logits, logit_paddings, labels, label_paddings, blank, need_grad):
+    """``(nll, grad)`` (``grad`` None without ``need_grad``): float64 for float64 logits,
+    else float32; through the FFI on the CPU, a callback elsewhere."""
     double = jnp.dtype(logits.dtype) == jnp.float64
-    shapes = [jax.ShapeDtypeStruct(logits.shape[:1] + ((2,) if double else ()), jnp.uint32 if double else jnp.float32)]
+    out_dtype = jnp.float64 if double else jnp.float32
+    shapes = [jax.ShapeDtypeStruct(logits.shape[:-2], out_dtype)]
     if need_grad:
-        shapes.append(jax.ShapeDtypeStruct(logits.shape + ((2,) if double else ()), jnp.uint32 if double else jnp.float32))
-    host = partial(_host_forward, blank=blank, dtype_name=jnp.dtype(logits.dtype).name, need_grad=need_grad)
-    return jax.pure_callback(host, tuple(shapes), _as_bits(logits), logit_paddings, labels, label_paddings,
-                             vmap_method="broadcast_all")
+        shapes.append(jax.ShapeDtypeStruct(logits.shape, out_dtype))
+    operands = (logits, logit_paddings, labels, label_paddings)
 
+    def through_callback(logits, logit_paddings, labels, label_paddings):
+        bit_shapes = [jax.ShapeDtypeStruct(s.shape + ((2,) if double else ()), jnp.uint32 if double else jnp.float32)
+                      for s in shapes]
+        host = partial(_callback_forward, blank=blank, dtype_name=jnp.dtype(logits.dtype).name, need_grad=need_grad)
+        out = jax.pure_callback(host, tuple(bit_shapes), _as_bits(logits), logit_paddings, labels, label_paddings,
+                                vmap_method="broadcast_all")
+        return tuple(_from_float64_bits(o) if double else o for o in out)
 
-def _loss_from(nll, dtype):
-    """The losses in ``dtype``: float64 from its bits; the others from float32."""
-    return _from_float64_bits(nll) if jnp.dtype(dtype) == jnp.float64 else nll.astype(dtype)
+    def through_ffi(logits, logit_paddings, labels, label_paddings):
+        call = jax.ffi.ffi_call(_FFI_TARGET, tuple(shapes), vmap_method="broadcast_all")
+        return tuple(call(logits, logit_paddings, labels, label_paddings, jnp.int32(blank)))
+
+    if _jax_ffi.register(_FFI_TARGET, _ffi_forward):
+        out = jax.lax.platform_dependent(*operands, cpu=through_ffi, default=through_callback)
+    else:
+        out = through_callback(*operands)
+    return out[0], (out[1] if need_grad else None)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _loss(logits, logit_paddings, labels, label_paddings, blank):
-    (nll_bits,) = _forward_call(logits, logit_paddings, labels, label_paddings, blank, False)
-    return _loss_from(nll_bits, logits.dtype)
+    nll, _ = _forward_call(logits, logit_paddings, labels, label_paddings, blank, False)
+    return nll.astype(logits.dtype)
 
 
 def _loss_fwd(logits, logit_paddings, labels, label_paddings, blank):
     nll, grad = _forward_call(logits, logit_paddings, labels, label_paddings, blank, True)
-    return _loss_from(nll, logits.dtype), grad
+    return nll.astype(logits.dtype), grad
 
 
 def _loss_bwd(blank, grad, g):
-    """``g[b] * grad[b]``: the forward computed each item's gradient (one callback a step,
-    the logits crossing it once)."""
-    double = grad.dtype == jnp.uint32
-    unit = _from_float64_bits(grad) if double else grad
-    scaled = g.astype(unit.dtype)[..., None, None] * unit
+    """``g[b] * grad[b]``: the forward computed each item's gradient (one call a step, the
+    logits read once)."""
+    scaled = g.astype(grad.dtype)[..., None, None] * grad
     return scaled.astype(g.dtype), None, None, None
 
 

@@ -238,3 +238,35 @@ def test_importing_ctckit_or_its_numpy_frontend_never_imports_jax():
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.parametrize("middle_padding", [False, True])
+def test_the_ffi_and_the_callback_give_the_same_bits(monkeypatch, middle_padding):
+    # On the CPU the loss runs as an XLA FFI handler on XLA's buffers; elsewhere (GPU, TPU,
+    # or a JAX without the FFI) through jax.pure_callback: both are the same computation.
+    from ctckit import _jax_ffi
+
+    case = _random_case(np.random.default_rng(11), batch=4, frames=18, classes=9, max_labels=5,
+                        middle_padding=middle_padding)
+    stacked = jnp.stack([case[0], 0.5 * case[0]])
+
+    def run():
+        step = jax.jit(jax.value_and_grad(lambda x: (cj.ctc_loss(x, *case[1:]) * jnp.arange(1.0, 5.0)).sum()))
+        batched = jax.jit(jax.vmap(lambda x: cj.ctc_loss(x, *case[1:])))
+        return [np.asarray(a) for a in (*step(case[0]), batched(stacked))]
+
+    through_ffi = run()
+    monkeypatch.setattr(_jax_ffi, "register", lambda name, compute: False)
+    through_callback = run()
+    for ffi, callback in zip(through_ffi, through_callback):
+        np.testing.assert_array_equal(ffi, callback)
+    assert np.abs(through_ffi[1]).max() > 0.01
+
+
+def test_an_error_inside_the_ffi_handler_reaches_the_caller():
+    # Raised inside XLA's computation: it must come back as an error, never as an
+    # unwritten (garbage) result.
+    labels = jnp.array([[1, 9], [2, 3]])  # 9 >= C = 7
+    step = jax.jit(jax.grad(lambda x, lb: cj.ctc_loss(x, jnp.zeros((2, 5)), lb, jnp.zeros((2, 2))).sum()))
+    with pytest.raises(Exception, match=r"CTCInputError: labels\[0, 1\] \(batch index 0\) = 9"):
+        np.asarray(step(np.zeros((2, 5, 7), np.float32), labels))

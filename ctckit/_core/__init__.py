@@ -96,12 +96,15 @@ def negative_log_likelihood_from_logits(logits: np.ndarray, fmt: int, batch: Bat
 
 
 def gradient_from_logits(logits: np.ndarray, fmt: int, saved, input_lengths: np.ndarray, nll: np.ndarray,
-                         scale: np.ndarray, time_major: bool = False) -> np.ndarray:
+                         scale: np.ndarray, time_major: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """The gradient of ``sum_n scale[n] * nll[n]`` w.r.t. the logits (same shape, in
     :func:`gradient_dtype`): the exact derivative, zero for an infeasible item (``nll``
     infinite, as the loss on log-probs gives) and NaN on the frames of an item whose loss
     is NaN. Laid out as the logits when they are batch-first (see
-    :func:`.logits.frame_rows`), unless ``time_major`` asks for a C-contiguous one."""
+    :func:`.logits.frame_rows`), unless ``time_major`` asks for a C-contiguous one; written
+    into ``out`` when given (that C-contiguous array: (N, T, C) for batch-first logits
+    without ``time_major``, else (T, N, C))."""
     lse, posteriors, class_of_column = saved
     scale = np.where(np.isinf(nll), 0.0, np.where(np.isnan(nll), np.nan, np.asarray(scale, dtype=np.float64)))
-    return logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, posteriors.dtype, time_major)
+    return logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, posteriors.dtype, time_major,
+                          out)

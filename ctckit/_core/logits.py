@@ -329,18 +329,26 @@ def gather_log_probs(logits, fmt, input_lengths, class_of_column):
     return lse, compact
 
 
-def logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, out_dtype, time_major=False):
+def logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, out_dtype, time_major=False,
+                   out=None):
     """The gradient of ``sum_n scale[n] loss_n`` w.r.t. the logits, (T, N, C) in
     ``out_dtype``: ``scale[n] * (exp(x - lse) + posteriors)`` with ``posteriors`` the core's
     exact gradient w.r.t. the compact log-probs (minus the occupation of each column's
     class); zero on frames past an item's length and for items with ``scale[n] == 0``. For
     batch-first logits (see :func:`frame_rows`) it is a (T, N, C) view of a batch-first
     array, as they are, unless ``time_major`` asks for a C-contiguous (T, N, C) array (what
-    a compiled graph's operator must return whatever its input's strides)."""
+    a compiled graph's operator must return whatever its input's strides). ``out``: the
+    C-contiguous array to write it into (shape and dtype as it would be made), if any."""
     frames, size, classes = logits.shape
     rows, batch_major = frame_rows(logits)
     grad_batch_major = batch_major and not time_major
-    grad = np.empty((size, frames, classes) if grad_batch_major else (frames, size, classes), dtype=out_dtype)
+    shape = (size, frames, classes) if grad_batch_major else (frames, size, classes)
+    if out is None:
+        grad = np.empty(shape, dtype=out_dtype)
+    elif out.shape != shape or out.dtype != np.dtype(out_dtype) or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable C-contiguous {np.dtype(out_dtype)} array of shape {shape}")
+    else:
+        grad = out
     arguments = (rows, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad, grad_batch_major)
     pool.run(lambda chunk, cancel: _gradient_frames(chunk, cancel, *arguments), _frame_costs(logits.shape),
              _together(logits.shape, lambda: _gradient_frames_openmp(np.arange(frames, dtype=np.int64), *arguments)))

@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -108,6 +109,24 @@ def _openmp_allowed(threads: int) -> bool:
     if numba.get_num_threads() != min(threads, numba.config.NUMBA_NUM_THREADS):
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     return True
+
+
+_local = threading.local()
+
+
+@contextmanager
+def own_threads():
+    """Within: calls of this thread run on ctckit's threads, never on Numba's OpenMP layer:
+    for kernels called from inside another runtime's computation (an XLA FFI handler), whose
+    own worker threads spin on the cores meanwhile. Numba's OpenMP drivers split a batch in
+    fixed halves, and one preempted half held docs' 0.4 ms call up for 16-24 ms (a time
+    slice); ctckit's threads take chunks as they come free."""
+    previous = getattr(_local, "own_threads", False)
+    _local.own_threads = True
+    try:
+        yield
+    finally:
+        _local.own_threads = previous
 
 
 def _reset_after_fork() -> None:
@@ -221,7 +240,8 @@ def run(task: Task, costs: np.ndarray, together: Callable[[], None] | None = Non
         return
     threads = get_num_threads()
     total = float(costs.sum())
-    if together is not None and total <= OPENMP_COST and _openmp_allowed(threads):
+    if together is not None and total <= OPENMP_COST and not getattr(_local, "own_threads", False) \
+            and _openmp_allowed(threads):
         together()
         return
     if total <= SERIAL_COST or (threads == 1 or size == 1) and total <= CALLER_CHUNK_COST:
