@@ -11,9 +11,10 @@ import numpy as np
 from . import _core, _decode
 from ._decode import TokenSpan
 from ._inputs import as_kernel_array, as_logits_array, check_gradient, check_options, prepare, reduction_weights
+from ._words import WordSpan, align_words, to_dicts, to_srt, to_webvtt, word_spans
 
 __all__ = ["ctc_loss", "ctc_loss_and_grad", "ctc_loss_from_logits", "ctc_loss_and_grad_from_logits", "forced_align", "merge_tokens", "greedy_decode", "beam_search",
-           "ctc_posteriors", "TokenSpan"]
+           "ctc_posteriors", "TokenSpan", "WordSpan", "word_spans", "align_words", "to_dicts", "to_srt", "to_webvtt"]
 
 
 def _losses_and_grad(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, want_grad, gradient):

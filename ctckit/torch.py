@@ -25,9 +25,10 @@ from ._torch_backends import choose as _choose_backend
 from ._torch_logits import CTCLossFromLogits, ctc_loss_from_logits
 from ._torch_common import (NoDoubleBackward, as_index_tensor, check_float_tensor, loss_dtype, plain_eager, reduced,
                             validated)
+from ._words import WordSpan, align_words, to_dicts, to_srt, to_webvtt, word_spans
 
 __all__ = ["ctc_loss", "CTCLoss", "ctc_loss_from_logits", "CTCLossFromLogits", "forced_align", "merge_tokens", "greedy_decode", "beam_search", "ctc_posteriors",
-           "TokenSpan"]
+           "TokenSpan", "WordSpan", "word_spans", "align_words", "to_dicts", "to_srt", "to_webvtt"]
 
 
 def _saved_kind(log_probs_shape, num_targets, torch_grad, need_grad):
