@@ -20,7 +20,8 @@ call by :mod:`ctckit._inputs`: a :class:`~ctckit._core.indices.Batch` of host in
 * ``logit_gradient(logits, saved, batch, nll, scale) -> grad``: the gradient of ``sum_n
   scale[n] * loss_n`` w.r.t. the logits, in their dtype, C-contiguous whatever the
   logits' strides (a compiled graph may hand the operator other strides than its fake
-  saw);
+  saw); ``loss_and_logit_gradient(logits, batch, blank, width, scale) -> (nll, grad)``,
+  the two at once (the Numba core does a small batch's items one at a time);
 * ``align(log_probs, targets, input_lengths, target_lengths, blank) -> (alignments,
   scores)``: forced alignment, validated by :mod:`ctckit._decode`, on the device of
   ``log_probs``.
@@ -111,6 +112,11 @@ class Backend:
     def logit_gradient(self, logits: Tensor, saved, batch: Batch, nll: Tensor, scale: Tensor) -> Tensor:
         raise NotImplementedError(f"backend {self.name!r} has no loss on logits")
 
+    def loss_and_logit_gradient(self, logits: Tensor, batch: Batch, blank: int, width: int, scale: Tensor):
+        """``(nll, grad)``: :meth:`loss_from_logits` and :meth:`logit_gradient` at once."""
+        nll, saved = self.loss_from_logits(logits, batch, blank, True, width)
+        return nll, self.logit_gradient(logits, saved, batch, nll, scale)
+
 
 def logits_view(logits: Tensor) -> tuple[np.ndarray, int]:
     """``(array, fmt)``: a CPU tensor of logits as the NumPy view the core reads (float16 and
@@ -159,6 +165,12 @@ class _Numba(Backend):
         grad = _core.gradient_from_logits(array, fmt, (lse, posteriors, class_of_column), batch.input_lengths,
                                           nll.detach().numpy(), scale.detach().to(torch.float64).numpy(), time_major=True)
         return torch.from_numpy(grad).to(logits.dtype)  # C-contiguous, as the operator's fake says
+
+    def loss_and_logit_gradient(self, logits, batch, blank, width, scale):
+        array, fmt = logits_view(logits)
+        nll, _, grad = _core.loss_and_gradient_from_logits(array, fmt, batch, blank, scale.to(torch.float64).numpy(), width,
+                                                           time_major=True)
+        return torch.from_numpy(nll), torch.from_numpy(grad).to(logits.dtype)
 
     def align(self, log_probs, targets, input_lengths, target_lengths, blank):
         arrays = map(to_numpy, (log_probs, targets, input_lengths, target_lengths))

@@ -155,14 +155,14 @@ class _EagerStep(torch.autograd.Function):
                 shapes, out_dtype):
         backend = BY_NAME[engine]
         width = min(logits.shape[2], targets.shape[-1] + 1)  # saved_width on concrete shapes
-        nll, saved = backend.loss_from_logits(logits.detach(), batch, blank, True, width)
-        loss = reduced(nll, reduction, zero_infinity, shapes, batch, target_lengths, out_dtype)
         weights = torch.from_numpy(reduction_weights(batch.target_lengths, reduction))
         ctx.engine, ctx.batch, ctx.weights, ctx.none = engine, batch, weights, reduction == "none"
         if logits.dtype in (torch.float32, torch.float64) and _dense_is_smaller(logits.shape, width, logits.dtype):
-            ctx.dense = backend.logit_gradient(logits.detach(), saved, batch, nll, weights.to(nll.device))
+            nll, ctx.dense = backend.loss_and_logit_gradient(logits.detach(), batch, blank, width, weights.to(logits.device))
         else:
+            nll, saved = backend.loss_from_logits(logits.detach(), batch, blank, True, width)
             ctx.dense, ctx.saved, ctx.nll = None, saved, nll
+        loss = reduced(nll, reduction, zero_infinity, shapes, batch, target_lengths, out_dtype)
         ctx.save_for_backward(logits)  # autograd checks that it is unchanged at the backward
         return loss
 

@@ -160,22 +160,23 @@ def _forward_into(values, fmt, logit_paddings, labels, label_paddings, blank, nl
     lead = np.shape(labels)[:-1]
     classes, frames = values.shape[-1], values.shape[-2]
     view, batch, used = _host_batch(values, logit_paddings, labels, label_paddings, blank)
-    nll, saved = _core.negative_log_likelihood_from_logits(view, fmt, batch, blank, grad_out is not None)
-    nll_out[...] = np.maximum(nll, 0.0).reshape(lead)  # -log P >= 0: float64 rounding may give -1e-16 for P = 1
-    if grad_out is None:
-        return
     size = view.shape[1]
-    target = grad_out.reshape(size, frames, classes)  # a view: grad_out is C-contiguous
-    if (used == (np.arange(frames) < batch.input_lengths[:, None])).all():  # batch-first: written in place
-        # (T, B', K) in the memory of (B', T, K): the core writes it batch-first, or time-first
-        # when the view is C-contiguous too (B' = 1 or T = 1: the same memory either way)
-        out = target.reshape(frames, size, classes) if view.flags.c_contiguous else target
-        _core.gradient_from_logits(view, fmt, saved, batch.input_lengths, nll, np.ones(size), out=out)
+    if grad_out is None:
+        nll, _ = _core.negative_log_likelihood_from_logits(view, fmt, batch, blank, False)
+        nll_out[...] = np.maximum(nll, 0.0).reshape(lead)  # -log P >= 0: float64 rounding may give -1e-16 for P = 1
         return
-    grad = _core.gradient_from_logits(view, fmt, saved, batch.input_lengths, nll, np.ones(size)).transpose(1, 0, 2)
-    target[...] = 0.0
-    for b in range(size):  # back to the frames they came from
-        target[b, used[b]] = grad[b, :batch.input_lengths[b]]
+    target = grad_out.reshape(size, frames, classes)  # a view: grad_out is C-contiguous
+    in_place = (used == (np.arange(frames) < batch.input_lengths[:, None])).all()
+    # written in place: (T, B', K) in the memory of (B', T, K), batch-first, or time-first
+    # when the view is C-contiguous too (B' = 1 or T = 1: the same memory either way)
+    out = (target.reshape(frames, size, classes) if view.flags.c_contiguous else target) if in_place else None
+    nll, _, grad = _core.loss_and_gradient_from_logits(view, fmt, batch, blank, np.ones(size), out=out)
+    nll_out[...] = np.maximum(nll, 0.0).reshape(lead)
+    if not in_place:
+        grad = grad.transpose(1, 0, 2)
+        target[...] = 0.0
+        for b in range(size):  # back to the frames they came from
+            target[b, used[b]] = grad[b, :batch.input_lengths[b]]
 
 
 def _ffi_forward(inputs, outputs):

@@ -82,11 +82,12 @@ def _from_logits(logits, targets, input_lengths, target_lengths, blank, reductio
     array, fmt, dtype = as_logits_array(logits, dim)
     shapes, batch = prepare(array.shape, targets, input_lengths, target_lengths, blank, reduction, "logits")
     batched_view = array if shapes.batched else array[:, None, :]
-    nll, saved = _core.negative_log_likelihood_from_logits(batched_view, fmt, batch, blank, want_grad)
     weights = reduction_weights(batch.target_lengths, reduction)
     grad = None
-    if want_grad:
-        grad = _core.gradient_from_logits(batched_view, fmt, saved, batch.input_lengths, nll, weights)
+    if not want_grad:
+        nll, _ = _core.negative_log_likelihood_from_logits(batched_view, fmt, batch, blank, False)
+    else:
+        nll, _, grad = _core.loss_and_gradient_from_logits(batched_view, fmt, batch, blank, weights)
         grad = np.moveaxis(grad if shapes.batched else grad[:, 0, :], -1, dim).astype(dtype, copy=False)
     if zero_infinity:
         nll[nll == np.inf] = 0.0

@@ -159,10 +159,12 @@ def numpy_steps(dtype, layout) -> list[Step]:
     def from_logits():
         import ctckit.numpy as cn
 
-        logits, targets, input_lengths, target_lengths = short_batch(dtype, layout)
-        for values in (logits, logits.astype(np.float16)) if dtype == np.float32 else (logits,):  # float16: its bits
-            cn.ctc_loss_from_logits(values, targets, input_lengths, target_lengths)
-            cn.ctc_loss_and_grad_from_logits(values, targets, input_lengths, target_lengths)
+        # short targets: an item at a time (gather, recursions, gradient); long ones: the three passes
+        for batch in (short_batch, long_batch):
+            logits, targets, input_lengths, target_lengths = batch(dtype, layout)
+            for values in (logits, logits.astype(np.float16)) if dtype == np.float32 else (logits,):  # float16: its bits
+                cn.ctc_loss_from_logits(values, targets, input_lengths, target_lengths)
+                cn.ctc_loss_and_grad_from_logits(values, targets, input_lengths, target_lengths)
 
     steps.append(Step(f"loss on logits, {name}{where}" + (" and float16" if dtype == np.float32 else ""), from_logits))
     return steps

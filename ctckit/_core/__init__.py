@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _compile_notice  # noqa: F401  (a notice on stderr while a kernel compiles)
+from . import logits_step
 from .indices import Batch
 from .logits import FORMAT_BFLOAT16, FORMAT_FLOAT, FORMAT_FLOAT16, compact_columns, gather_log_probs, logit_gradient
 from .loss import GRAD_COMPACT, GRAD_DENSE, GRAD_NONE, ctc_loss_batch, scatter_posteriors
@@ -82,6 +83,11 @@ def negative_log_likelihood_from_logits(logits: np.ndarray, fmt: int, batch: Bat
     the most distinct classes (blank included) of an item (default: exactly that).
     ``logits``: float32, float64, or the uint16 bits of float16/bfloat16 (``fmt``), any
     strides."""
+    if want_grad:  # one item at a time when every item is for the first round (see .logits_step)
+        stepped = logits_step.loss_and_gradient(logits, fmt, batch, blank, width, None, gradient_dtype(logits.dtype, fmt),
+                                                False)
+        if stepped is not None:
+            return stepped[0], stepped[1]
     columns, class_of_column = compact_columns(batch.targets, batch.offsets, batch.target_lengths, logits.shape[2], blank)
     if width is not None and width != class_of_column.shape[1]:
         padded = np.full((class_of_column.shape[0], width), -1, dtype=np.int64)
@@ -108,3 +114,17 @@ def gradient_from_logits(logits: np.ndarray, fmt: int, saved, input_lengths: np.
     scale = np.where(np.isinf(nll), 0.0, np.where(np.isnan(nll), np.nan, np.asarray(scale, dtype=np.float64)))
     return logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths, scale, posteriors.dtype, time_major,
                           out)
+
+
+def loss_and_gradient_from_logits(logits: np.ndarray, fmt: int, batch: Batch, blank: int, scale: np.ndarray,
+                                  width: int | None = None, time_major: bool = False, out: np.ndarray | None = None):
+    """``(nll, saved, grad)``: :func:`negative_log_likelihood_from_logits` and
+    :func:`gradient_from_logits` (of ``sum_n scale[n] * nll[n]``) in one call, one item
+    at a time where every item is for the first round (:mod:`.logits_step`: two hand-overs
+    to the threads fewer; the same bits), else as the two calls."""
+    stepped = logits_step.loss_and_gradient(logits, fmt, batch, blank, width, scale, gradient_dtype(logits.dtype, fmt),
+                                            True, time_major, out)
+    if stepped is not None:
+        return stepped
+    nll, saved = negative_log_likelihood_from_logits(logits, fmt, batch, blank, True, width)
+    return nll, saved, gradient_from_logits(logits, fmt, saved, batch.input_lengths, nll, scale, time_major, out)

@@ -200,10 +200,44 @@ def _row_max(row):
     return np.float64(top)
 
 
+@njit(**INLINE)
+def _gather_row(logits, batch_major, fmt, t, n, used, class_of_column, lse, compact, row, row32, half):
+    """Frame t of item n: ``lse[t, n]`` and ``compact[t, n, :]`` (zeros on an unused frame)."""
+    if not used:
+        lse[t, n] = 0.0
+        for j in range(compact.shape[2]):
+            compact[t, n, j] = 0.0
+        return
+    values = _readable_row(unmanaged(logits)[n, t] if batch_major else unmanaged(logits)[t, n], fmt, half)
+    log_norm = _log_sum_exp(values, row, row32)
+    lse[t, n] = log_norm
+    for j in range(compact.shape[2]):
+        c = class_of_column[n, j]
+        compact[t, n, j] = np.float64(values[c]) - log_norm if c >= 0 else -np.inf
+
+
+@njit(**INLINE)
+def _gradient_row(logits, batch_major, fmt, t, n, used, factor, lse, posteriors, class_of_column, target, half):
+    """Frame t of item n's gradient into ``target`` (C,): the softmax times ``factor``,
+    written once (float32 output: exps in float32, see :func:`.vexp32_shifted`), then the
+    classes the item uses, plus their posteriors times ``factor``, in float64; zeros on an
+    unused frame or for ``factor == 0``."""
+    if not used or factor == 0.0:
+        for c in range(target.shape[0]):
+            target[c] = 0.0
+        return
+    values = _readable_row(unmanaged(logits)[n, t] if batch_major else unmanaged(logits)[t, n], fmt, half)
+    _scaled_softmax(values, lse[t, n], factor, target)
+    for j in range(class_of_column.shape[1]):  # the posteriors (minus, as the core's exact gradient) of each used class
+        c = class_of_column[n, j]
+        if c >= 0:
+            target[c] = np.float64(target[c]) + factor * np.float64(posteriors[t, n, j])
+
+
 @njit(**HOT)
 def _gather_frames(frames, cancel, logits, batch_major, fmt, input_lengths, class_of_column, lse, compact):
     """:func:`gather_log_probs` over the frame indices ``frames``."""
-    size, classes, width = compact.shape[1], logits.shape[2], compact.shape[2]
+    size, classes = compact.shape[1], logits.shape[2]
     scratch = np.empty(classes)
     scratch32 = np.empty((2, classes), dtype=np.float32)
     row, row32, half = unmanaged(scratch), unmanaged(scratch32)[0], unmanaged(scratch32)[1]
@@ -212,28 +246,15 @@ def _gather_frames(frames, cancel, logits, batch_major, fmt, input_lengths, clas
             break
         t = frames[i]
         for n in range(size):
-            if t >= input_lengths[n]:
-                lse[t, n] = 0.0
-                for j in range(width):
-                    compact[t, n, j] = 0.0
-                continue
-            values = _readable_row(unmanaged(logits)[n, t] if batch_major else unmanaged(logits)[t, n], fmt, half)
-            log_norm = _log_sum_exp(values, row, row32)
-            lse[t, n] = log_norm
-            for j in range(width):
-                c = class_of_column[n, j]
-                compact[t, n, j] = np.float64(values[c]) - log_norm if c >= 0 else -np.inf
+            _gather_row(logits, batch_major, fmt, t, n, t < input_lengths[n], class_of_column, lse, compact, row, row32, half)
     keep_alive(scratch, scratch32)
 
 
 @njit(**HOT)
 def _gradient_frames(frames, cancel, logits, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale,
                      grad, grad_batch_major):
-    """:func:`logit_gradient` over the frame indices ``frames``: the softmax times the
-    item's scale, written once into the output (float32 output: exps in float32, see
-    :func:`.vexp32_shifted`), then the classes the item uses, plus their posteriors times
-    the scale, in float64."""
-    size, classes, width = lse.shape[1], logits.shape[2], class_of_column.shape[1]
+    """:func:`logit_gradient` over the frame indices ``frames`` (see :func:`_gradient_row`)."""
+    size, classes = lse.shape[1], logits.shape[2]
     scratch32 = np.empty(classes, dtype=np.float32)
     half = unmanaged(scratch32)
     out = unmanaged(grad)
@@ -242,18 +263,9 @@ def _gradient_frames(frames, cancel, logits, batch_major, fmt, lse, posteriors, 
             break
         t = frames[i]
         for n in range(size):
-            factor = scale[n]
             target = out[n, t] if grad_batch_major else out[t, n]
-            if t >= input_lengths[n] or factor == 0.0:
-                for c in range(classes):
-                    target[c] = 0.0
-                continue
-            values = _readable_row(unmanaged(logits)[n, t] if batch_major else unmanaged(logits)[t, n], fmt, half)
-            _scaled_softmax(values, lse[t, n], factor, target)
-            for j in range(width):  # the posteriors (minus, as the core's exact gradient) of each used class
-                c = class_of_column[n, j]
-                if c >= 0:
-                    target[c] = np.float64(target[c]) + factor * np.float64(posteriors[t, n, j])
+            _gradient_row(logits, batch_major, fmt, t, n, t < input_lengths[n], scale[n], lse, posteriors, class_of_column,
+                          target, half)
     keep_alive(scratch32)
 
 

@@ -1,0 +1,135 @@
+"""The loss on logits one item at a time: an item's gather, recursions and gradient on one thread.
+
+:mod:`.logits` makes three passes over a batch: the gather of every frame
+(:func:`.gather_log_probs`), the core's rounds over every item
+(:func:`.loss.ctc_loss_batch`), and the gradient of every frame
+(:func:`.logit_gradient`). Here one kernel, :func:`step_items`, does all three for one
+item before it takes the next: the same row functions (:func:`._gather_row`,
+:func:`._gradient_row`) and the same first-round item kernel, called through its address
+(:func:`.loss.batch._item_address`), so the results are bitwise those of the three
+passes. What it saves is fixed cost, which dominates small batches: two of the three
+hand-overs to the threads, with their Python, and the two passes over frames that were
+too short to share between threads (docs, 50 x 16 x 20: 50 and 35 us on one thread).
+
+It takes a batch whose items all go to the first round (the one-scale passes,
+:func:`.loss.items._one_scale_item`); :func:`loss_and_gradient` returns None when one does
+not, or when the first round leaves one pending, and the caller makes the three passes.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from . import pool
+from .config import HOT, PARALLEL
+from .intrinsics import call_compiled, is_set, keep_alive, unmanaged
+from .logits import ROW_NS, _gather_row, _gradient_row, compact_columns, frame_rows
+from .loss.batch import _A_FLAG, _item_address, _item_key, _plan_items
+from .loss.items import _item_gradient_one_scale
+from .loss.trellis import GRAD_DENSE, STATUS_PENDING
+
+
+@njit(**HOT)
+def step_items(item, items, cancel, logits, batch_major, fmt, columns, offsets, input_lengths, target_lengths, blank, mode,
+               torch_grad, unit, class_of_column, scale, lse, compact, core_grad, no_post, posteriors, nll, status, grad,
+               grad_batch_major, want_grad):
+    """For each item n of ``items``: its frames' ``lse`` and ``compact`` log-softmax (the
+    gather), ``nll[n]`` and ``status[n]`` from the first-round kernel at address ``item``
+    (its gradient w.r.t. ``compact`` into ``core_grad``, copied into ``posteriors`` in their
+    dtype), and with ``want_grad`` its gradient w.r.t. the logits times ``scale[n]`` into
+    ``grad`` (zero for an infeasible item, NaN rows for a NaN loss). A pending item is
+    left as it is (the caller makes the three passes then)."""
+    frames, classes, width = lse.shape[0], logits.shape[2], compact.shape[2]
+    scratch = np.empty(classes)
+    scratch32 = np.empty((2, classes), dtype=np.float32)
+    row, row32, half = unmanaged(scratch), unmanaged(scratch32)[0], unmanaged(scratch32)[1]
+    out = unmanaged(grad)
+    for i in range(items.shape[0]):
+        if is_set(cancel):
+            break
+        n = items[i]
+        used = input_lengths[n]
+        for t in range(frames):
+            _gather_row(logits, batch_major, fmt, t, n, t < used, class_of_column, lse, compact, row, row32, half)
+        nll[n], status[n] = call_compiled((0.0, 0), item, (unmanaged(compact), unmanaged(columns), unmanaged(offsets),
+                                                           unmanaged(input_lengths), unmanaged(target_lengths), n, blank,
+                                                           mode, torch_grad, unmanaged(unit), unmanaged(core_grad),
+                                                           unmanaged(no_post), unmanaged(cancel)))
+        if status[n] == STATUS_PENDING:
+            continue
+        for t in range(frames):
+            for j in range(width):
+                posteriors[t, n, j] = core_grad[t, n, j]  # rounded to their dtype, as the three passes keep them
+        if want_grad:
+            value = nll[n]
+            factor = 0.0 if np.isinf(value) else (np.nan if np.isnan(value) else scale[n])
+            for t in range(frames):
+                target = out[n, t] if grad_batch_major else out[t, n]
+                _gradient_row(logits, batch_major, fmt, t, n, t < used, factor, lse, posteriors, class_of_column, target,
+                              half)
+    keep_alive(scratch, scratch32)
+
+
+@njit(**PARALLEL)
+def step_items_openmp(item, items, logits, batch_major, fmt, columns, offsets, input_lengths, target_lengths, blank, mode,
+                      torch_grad, unit, class_of_column, scale, lse, compact, core_grad, no_post, posteriors, nll, status,
+                      grad, grad_batch_major, want_grad):
+    """:func:`step_items` over all ``items`` at once, on Numba's OpenMP threads."""
+    never = np.zeros(1, dtype=np.int64)
+    for i in prange(items.shape[0]):
+        step_items(item, items[i:i + 1], never, logits, batch_major, fmt, columns, offsets, input_lengths, target_lengths,
+                   blank, mode, torch_grad, unit, class_of_column, scale, lse, compact, core_grad, no_post, posteriors, nll,
+                   status, grad, grad_batch_major, want_grad)
+
+
+def loss_and_gradient(logits, fmt, batch, blank, width, scale, gradient_dtype, want_grad, time_major=False, out=None):
+    """``(nll, (lse, posteriors, class_of_column), grad)`` as the three passes give them
+    (:func:`ctckit._core.negative_log_likelihood_from_logits`, then
+    :func:`ctckit._core.gradient_from_logits` with ``scale`` when ``want_grad``, else
+    ``grad`` None), or None when an item is not for the first round alone. ``width``: K
+    (None: the most distinct classes of an item); ``out``: as for
+    :func:`.logits.logit_gradient`."""
+    frames, size, classes = logits.shape
+    _, later, costs = _plan_items(batch.input_lengths, batch.target_lengths, True)
+    if later.shape[0]:
+        return None
+    columns, class_of_column = compact_columns(batch.targets, batch.offsets, batch.target_lengths, classes, blank)
+    if width is not None and width != class_of_column.shape[1]:
+        padded = np.full((size, width), -1, dtype=np.int64)
+        padded[:, :class_of_column.shape[1]] = class_of_column
+        class_of_column = padded
+    width = class_of_column.shape[1]
+    rows, batch_major = frame_rows(logits)
+    lse = np.empty((frames, size))
+    compact = np.empty((frames, size, width))
+    core_grad = np.empty((frames, size, width))  # each item zeroes its own part first
+    posteriors = np.empty((frames, size, width), dtype=gradient_dtype)
+    nll, status = np.empty(size), np.empty(size, dtype=np.int8)
+    unit, no_post = np.ones(size), np.empty((1, 1))
+    grad_batch_major = batch_major and not time_major
+    shape = (size, frames, classes) if grad_batch_major else (frames, size, classes)
+    if not want_grad:
+        grad = np.empty((1, 1, 1), dtype=gradient_dtype)
+        scale = unit
+    elif out is None:
+        grad = np.empty(shape, dtype=gradient_dtype)
+    elif out.shape != shape or out.dtype != np.dtype(gradient_dtype) or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable C-contiguous {np.dtype(gradient_dtype)} array of shape {shape}")
+    else:
+        grad = out
+    scale = np.ascontiguousarray(scale, dtype=np.float64)
+    inputs = (compact, columns, batch.offsets, batch.input_lengths, batch.target_lengths)
+    item_arguments = (*inputs, np.int64(0), 0, GRAD_DENSE, False, unit, core_grad, no_post, _A_FLAG)
+    item = _item_address(_item_key(_item_gradient_one_scale, item_arguments), _item_gradient_one_scale, item_arguments)
+    arguments = (rows, batch_major, fmt, columns, batch.offsets, batch.input_lengths, batch.target_lengths, np.int64(0),
+                 GRAD_DENSE, False, unit, class_of_column, scale, lse, compact, core_grad, no_post, posteriors, nll, status,
+                 grad, grad_batch_major, want_grad)
+    items = np.arange(size, dtype=np.int64)
+    costs = costs + ROW_NS * frames * classes * (2.0 if want_grad else 1.0)
+    pool.run(lambda chunk, cancel: step_items(item, items[chunk], cancel, *arguments), costs,
+             lambda: step_items_openmp(item, items, *arguments))
+    if (status == STATUS_PENDING).any():
+        return None
+    saved = (lse, posteriors, class_of_column)
+    if not want_grad:
+        return nll, saved, None
+    return nll, saved, (grad.transpose(1, 0, 2) if grad_batch_major else grad)
