@@ -344,7 +344,8 @@ def main(argv=None) -> int:
     if not args.no_memory:
         report["memory"] = run_memory([s for s in MEMORY_SHAPES if s in shapes], providers_that_ran(report))
         if not args.no_step:
-            ran = [p for p in report["training_step"]["rows"][0]["ms"]] if report["training_step"]["rows"] else []
+            rows = report["training_step"]["rows"]
+            ran = [p for p in rows[0]["ms"] if not p.endswith(" fwd")] if rows else []  # the steps' memory
             report["training_step"]["memory"] = run_step_memory(shapes, ran)  # every shape: the step's target is on each
     if not args.no_extras:
         report["scaling"] = run_scaling(args.repeats)

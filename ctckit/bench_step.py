@@ -9,7 +9,8 @@ logits (T, N, C)) to their gradient. Each provider runs it as its users do:
 - ``ctckit.jax``: ``jax.value_and_grad`` of :func:`ctckit.jax.ctc_loss` (jitted), the
   drop-in for optax's;
 - ``optax``: ``jax.value_and_grad`` of ``optax.ctc_loss``, which takes logits (jitted);
-- ``tensorflow``: ``tf.nn.ctc_loss`` on logits (softmax inside) under a ``GradientTape``.
+- ``tensorflow``: ``tf.nn.ctc_loss`` on logits (softmax inside) under a ``GradientTape``;
+- ``ctckit.jax fwd``, ``optax fwd``: the two JAX losses alone (jitted), no gradient.
 
 Each call starts from a fresh leaf, so the gradient is a new array each time, as in
 training. The table prints medians of interleaved runs and the ratio of the fastest peer
@@ -28,7 +29,8 @@ import numpy as np
 
 from ._bench_common import SHAPES, interleaved_medians, make_problem, peak_rss_growth, provider_tensorflow
 
-STEP_PROVIDERS = ("ctckit fused", "ctckit+log_softmax", "ctckit.jax", "torch", "optax", "tensorflow")
+STEP_PROVIDERS = ("ctckit fused", "ctckit+log_softmax", "ctckit.jax", "torch", "optax", "tensorflow", "ctckit.jax fwd",
+                  "optax fwd")
 FUSED, PEERS = "ctckit fused", ("torch", "optax", "tensorflow")
 
 
@@ -74,7 +76,7 @@ def step_torch(logits, problem):
     return _torch_step(logits, problem, lambda x, *args, **kw: F.ctc_loss(x.log_softmax(-1), *args, **kw))
 
 
-def _jax_step(logits, problem, loss_fn):
+def _jax_step(logits, problem, loss_fn, forward=False):
     import jax
     import jax.numpy as jnp
 
@@ -85,6 +87,8 @@ def _jax_step(logits, problem, loss_fn):
     label_pad = jnp.asarray((np.arange(max_target)[None, :] >= problem.target_lengths[:, None]).astype(np.float32))
     losses_fn = jax.jit(lambda z: loss_fn(z, logit_pad, labels, label_pad, blank_id=0))
     grad_fn = jax.jit(jax.value_and_grad(lambda z: loss_fn(z, logit_pad, labels, label_pad, blank_id=0).sum()))
+    if forward:  # the losses alone, under jit
+        return np.asarray(losses_fn(x), dtype=np.float64), lambda: losses_fn(x).block_until_ready()
     return np.asarray(losses_fn(x), dtype=np.float64), lambda: grad_fn(x)[1].block_until_ready()
 
 
@@ -100,6 +104,18 @@ def step_optax(logits, problem):
     return _jax_step(logits, problem, optax.ctc_loss)
 
 
+def forward_ctckit_jax(logits, problem):
+    import ctckit.jax
+
+    return _jax_step(logits, problem, ctckit.jax.ctc_loss, forward=True)
+
+
+def forward_optax(logits, problem):
+    import optax
+
+    return _jax_step(logits, problem, optax.ctc_loss, forward=True)
+
+
 def step_tensorflow(logits, problem):
     losses, _, forward_backward = provider_tensorflow(dataclasses.replace(problem, log_probs=logits))
     return losses.astype(np.float64), forward_backward
@@ -107,7 +123,8 @@ def step_tensorflow(logits, problem):
 
 _LOADERS = {"ctckit fused": step_ctckit_fused, "ctckit+log_softmax": step_ctckit_log_softmax,
             "ctckit.jax": step_ctckit_jax, "torch": step_torch,
-            "optax": step_optax, "tensorflow": step_tensorflow}
+            "optax": step_optax, "tensorflow": step_tensorflow, "ctckit.jax fwd": forward_ctckit_jax,
+            "optax fwd": forward_optax}
 
 
 def load_step(name, logits, problem):
@@ -132,13 +149,14 @@ def copy_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
 def providers_for(names):
     """The step providers that correspond to the benchmark's ``--providers``."""
     wanted = set(names)
-    return [p for p in STEP_PROVIDERS if (p.startswith("ctckit") and "ctckit" in wanted) or p in wanted]
+    return [p for p in STEP_PROVIDERS if (p.startswith("ctckit") and "ctckit" in wanted) or p.removesuffix(" fwd") in wanted]
 
 
-def jax_ratio(row):
-    """optax's step time over ctckit.jax's, when both ran."""
-    ms = row["ms"]
-    return ms["optax"] / ms["ctckit.jax"] if "optax" in ms and "ctckit.jax" in ms else None
+def jax_ratio(row, forward=False):
+    """optax's step time (or forward time) over ctckit.jax's, when both ran."""
+    ms, suffix = row["ms"], " fwd" if forward else ""
+    ours, theirs = "ctckit.jax" + suffix, "optax" + suffix
+    return ms[theirs] / ms[ours] if theirs in ms and ours in ms else None
 
 
 def run_step(shapes, providers, repeats, log=print):
@@ -176,6 +194,8 @@ def _step_line(row):
     ratio = f" | fastest peer {row['fastest_peer']} x{row['ratio']:.1f}" if "ratio" in row else ""
     if jax_ratio(row) is not None:
         ratio += f" | optax / ctckit.jax x{jax_ratio(row):.1f}"
+    if jax_ratio(row, forward=True) is not None:
+        ratio += f", forward x{jax_ratio(row, forward=True):.1f}"
     skipped = (" | skipped: " + ", ".join(f"{n} ({why})" for n, why in row["skipped"].items())) if row["skipped"] else ""
     return f"{row['shape']:6s} step: {times} | floor {row['floor_ms']:.2f}{ratio}{skipped}"
 
@@ -184,11 +204,13 @@ def step_markdown(step) -> list:
     """The training-step table as markdown lines."""
     names = [p for p in STEP_PROVIDERS if any(p in row["ms"] for row in step["rows"])]
     lines = ["", f"Training step (logits -> loss -> gradient), median ms; floor at {step['bandwidth_gbs']:.1f} GB/s:", "",
-             "| shape | " + " | ".join(names) + " | floor | fastest peer / fused |", "| --- |" + " ---: |" * (len(names) + 2)]
+             "| shape | " + " | ".join(names) + " | floor | fastest peer / fused | optax / ctckit.jax: step, forward |",
+             "| --- |" + " ---: |" * (len(names) + 3)]
     for row in step["rows"]:
         cells = [f"{row['ms'][n]:.2f}" if n in row["ms"] else "-" for n in names]
         ratio = f"{row['ratio']:.1f}x ({row['fastest_peer']})" if "ratio" in row else "-"
-        lines.append(f"| {row['shape']} | " + " | ".join(cells) + f" | {row['floor_ms']:.2f} | {ratio} |")
+        jax = ", ".join("-" if r is None else f"{r:.1f}x" for r in (jax_ratio(row), jax_ratio(row, forward=True)))
+        lines.append(f"| {row['shape']} | " + " | ".join(cells) + f" | {row['floor_ms']:.2f} | {ratio} | {jax} |")
     if step.get("memory"):
         ran = [p for p in names if any(values.get(p) is not None for values in step["memory"].values())]
         lines += ["", "| shape | " + " | ".join(f"{p} step peak MiB" for p in ran) + " |", "| --- |" + " ---: |" * len(ran)]

@@ -103,7 +103,8 @@ def test_bench_leaves_skipped_providers_out_of_the_plot_and_the_tables(tmp_path,
 
     monkeypatch.setattr(bench, "provider_optax", not_installed)
     monkeypatch.setitem(bench_step._LOADERS, "optax", lambda logits, problem: not_installed(problem))
-    monkeypatch.setitem(bench_step._LOADERS, "ctckit.jax", lambda logits, problem: not_installed(problem))
+    for name in ("ctckit.jax", "ctckit.jax fwd", "optax fwd"):
+        monkeypatch.setitem(bench_step._LOADERS, name, lambda logits, problem: not_installed(problem))
     monkeypatch.setattr(bench, "MEMORY_SHAPES", ("docs",))
     monkeypatch.setattr(bench, "peak_memory", lambda provider, shape: measured.append(provider) or 2**20)
     monkeypatch.setattr(bench, "run_step_memory", lambda shapes, providers: {s: {p: 3 * 2**20 for p in providers}
@@ -124,8 +125,10 @@ def test_bench_leaves_skipped_providers_out_of_the_plot_and_the_tables(tmp_path,
     assert "skipped: optax (not installed (jax))" in output
     step = report["training_step"]["rows"][0]
     assert set(step["ms"]) == {"ctckit fused", "ctckit+log_softmax", "torch"} and step["fastest_peer"] == "torch"
-    assert step["skipped"] == {"ctckit.jax": "not installed (jax)", "optax": "not installed (jax)"} and 0 < step["floor_ms"] < step["ms"]["ctckit fused"]
-    assert "| shape | ctckit fused | ctckit+log_softmax | torch | floor | fastest peer / fused |" in table
+    assert step["skipped"] == {name: "not installed (jax)" for name in ("ctckit.jax", "optax", "ctckit.jax fwd", "optax fwd")}
+    assert 0 < step["floor_ms"] < step["ms"]["ctckit fused"]
+    assert ("| shape | ctckit fused | ctckit+log_softmax | torch | floor | fastest peer / fused | optax / ctckit.jax: step, "
+            "forward |") in table
     assert "| docs | 3 | 3 | 3 |" in table  # the step's peak memory, MiB
 
 
