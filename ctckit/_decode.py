@@ -131,6 +131,7 @@ def check_aligned(best: np.ndarray, log_probs: np.ndarray | None = None, batch=N
     for n in np.nonzero(~(best > -np.inf))[0]:
         if log_probs is not None:
             labels = batch.targets[batch.offsets[n]:batch.offsets[n] + batch.target_lengths[n]]
+            labels = labels[labels < log_probs.shape[2]]  # not the wildcard's label
             used = log_probs[: batch.input_lengths[n], n][:, np.append(labels, blank)]
             if np.isnan(used).any():
                 raise CTCInputError(f"item {n} cannot be aligned: its log_probs hold NaN on the frames and classes "
@@ -139,16 +140,33 @@ def check_aligned(best: np.ndarray, log_probs: np.ndarray | None = None, batch=N
                             f"(a needed class is -inf on every frame it could use) (batch index {n})")
 
 
-def forced_align(log_probs, targets, input_lengths, target_lengths, blank=0):
+def _wildcard_label(wildcard, classes: int, blank, compute: np.dtype) -> tuple[int, float]:
+    """``(label, score)`` for the kernels: ``(-1, 0.0)`` without a wildcard, else ``C`` and
+    ``wildcard`` rounded to the dtype the kernels read ``log_probs`` in."""
+    if wildcard is None:
+        return -1, 0.0
+    with np.errstate(over="ignore"):
+        score = float(compute.type(_real(wildcard, "wildcard")))
+    if not math.isfinite(score):
+        raise CTCInputError(f"wildcard must be a finite log-score (in {compute.name}), got {wildcard!r:.40}")
+    if check_blank(blank) == classes:
+        raise CTCInputError(f"blank must be in [0, C) = [0, {classes}), got {blank} (C is the wildcard's label)")
+    return classes, score
+
+
+def forced_align(log_probs, targets, input_lengths, target_lengths, blank=0, *, wildcard=None):
     """``(alignments, scores)``: see :func:`ctckit.numpy.forced_align`."""
     array, batched, compute = batched_log_probs(log_probs)
-    frames, size, _ = array.shape
-    _, batch = alignable_batch(array.shape if batched else array[:, 0].shape, targets, input_lengths, target_lengths, blank)
+    frames, size, classes = array.shape
+    label, score = _wildcard_label(wildcard, classes, blank, compute)
+    classes += int(label >= 0)  # targets may hold the wildcard's label C
+    _, batch = alignable_batch((frames, size, classes) if batched else (frames, classes), targets, input_lengths, target_lengths, blank)
     array = kernel_array(array, batch.input_lengths, compute)
     alignments = np.full((size, frames), -1, dtype=np.int64)
     scores = np.zeros((size, frames), dtype=array.dtype)
     best = np.empty(size)
-    viterbi_batch(array, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths, int(blank), alignments, scores, best)
+    viterbi_batch(array, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths, int(blank), alignments, scores, best,
+                  label, score)
     check_aligned(best, array, batch, int(blank))
     return (alignments, scores) if batched else (alignments[0], scores[0])
 

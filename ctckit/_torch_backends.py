@@ -22,9 +22,9 @@ call by :mod:`ctckit._inputs`: a :class:`~ctckit._core.indices.Batch` of host in
   logits' strides (a compiled graph may hand the operator other strides than its fake
   saw); ``loss_and_logit_gradient(logits, batch, blank, width, scale) -> (nll, grad)``,
   the two at once (the Numba core does a small batch's items one at a time);
-* ``align(log_probs, targets, input_lengths, target_lengths, blank) -> (alignments,
-  scores)``: forced alignment, validated by :mod:`ctckit._decode`, on the device of
-  ``log_probs``.
+* ``align(log_probs, targets, input_lengths, target_lengths, blank, wildcard) ->
+  (alignments, scores)``: forced alignment, validated by :mod:`ctckit._decode`, on the
+  device of ``log_probs``.
 
 Which runs where (:func:`choose`, for ``backend="auto"``):
 
@@ -103,7 +103,7 @@ class Backend:
     def scatter(self, posteriors: Tensor, batch: Batch, blank: int, scale: Tensor, classes: int) -> Tensor:
         raise NotImplementedError(f"backend {self.name!r} keeps nothing to scatter")
 
-    def align(self, log_probs: Tensor, targets, input_lengths, target_lengths, blank):
+    def align(self, log_probs: Tensor, targets, input_lengths, target_lengths, blank, wildcard=None):
         raise NotImplementedError(f"backend {self.name!r} does not align")
 
     def loss_from_logits(self, logits: Tensor, batch: Batch, blank: int, need_grad: bool, width: int):
@@ -172,9 +172,9 @@ class _Numba(Backend):
                                                            time_major=True)
         return torch.from_numpy(nll), torch.from_numpy(grad).to(logits.dtype)
 
-    def align(self, log_probs, targets, input_lengths, target_lengths, blank):
+    def align(self, log_probs, targets, input_lengths, target_lengths, blank, wildcard=None):
         arrays = map(to_numpy, (log_probs, targets, input_lengths, target_lengths))
-        alignments, scores = _decode.forced_align(*arrays, blank)  # checks the values of log_probs too
+        alignments, scores = _decode.forced_align(*arrays, blank, wildcard=wildcard)  # checks the values of log_probs too
         device = log_probs.device
         return torch.from_numpy(alignments).to(device), torch.from_numpy(scores).to(device=device, dtype=log_probs.dtype)
 
@@ -212,7 +212,10 @@ class _Triton(Backend):
     def logit_gradient(self, logits, saved, batch, nll, scale):
         return self.kernels().logit_gradient(resolved(logits), saved, batch, nll, scale)  # C-contiguous
 
-    def align(self, log_probs, targets, input_lengths, target_lengths, blank):
+    def align(self, log_probs, targets, input_lengths, target_lengths, blank, wildcard=None):
+        if wildcard is not None:
+            raise ValueError("wildcard: the Triton kernel has no wildcard label; pass backend='numba' (a host copy) or "
+                             "backend='auto'")
         _, batch = _decode.alignable_batch(log_probs.shape, *map(to_numpy, (targets, input_lengths, target_lengths)), blank)
         kernels = self.kernels()
         batched = log_probs.dim() == 3

@@ -237,17 +237,23 @@ class CTCLoss(torch.nn.Module):
         return f"blank={self.blank}, reduction={self.reduction!r}, zero_infinity={self.zero_infinity}, gradient={self.gradient!r}"
 
 
-def forced_align(log_probs, targets, input_lengths, target_lengths, blank: int = 0, *, backend: str = "auto"):
+def forced_align(log_probs, targets, input_lengths, target_lengths, blank: int = 0, *, backend: str = "auto",
+                 wildcard=None):
     """:func:`ctckit.numpy.forced_align` on tensors: ``(alignments, scores)`` as tensors
     (int64 and the dtype of ``log_probs``) on the device of ``log_probs``.
 
     ``backend``: ``"auto"`` (default): the Numba core for CPU tensors, the Triton kernel for
     CUDA tensors (when triton is installed), the Numba core on a CPU copy otherwise;
-    ``"numba"`` or ``"triton"`` force one.
+    ``"numba"`` or ``"triton"`` force one. The Numba core bounds its memory as NumPy's
+    does; the Triton kernel keeps every back-pointer (an int8 per frame and state, on the
+    device). ``wildcard``: as in :func:`ctckit.numpy.forced_align`; with ``backend="auto"``
+    CUDA tensors are then aligned on a host copy (the Triton kernel has no wildcard label).
     """
     check_float_tensor(log_probs)
-    backend = BY_NAME[_choose_backend(backend, log_probs.device, loss=False)]
-    return backend.align(log_probs, targets, input_lengths, target_lengths, blank)
+    chosen = _choose_backend(backend, log_probs.device, loss=False)
+    if wildcard is not None and chosen == "triton" and backend == "auto":
+        chosen = "numba"
+    return BY_NAME[chosen].align(log_probs, targets, input_lengths, target_lengths, blank, wildcard)
 
 
 def merge_tokens(alignment, scores, blank: int = 0):
