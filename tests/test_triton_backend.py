@@ -173,6 +173,26 @@ def test_forced_align_matches_the_core(seed):
     torch.testing.assert_close(scores.cpu(), expected_scores, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("segment", [1, 2, 3, 7, 1000])
+def test_forced_align_in_bounded_memory_gives_the_same_path(monkeypatch, segment):
+    # The checkpointed kernel (back-pointers past the budget: here every batch), with
+    # segments of every size against the unbounded core: ties, repeats, short items.
+    from ctckit._core import align
+
+    for seed in range(3):
+        rng = np.random.default_rng(950 + 10 * segment + seed)
+        case = random_case(rng, classes=int(rng.integers(2, 9)))
+        lp = np.round(case.log_probs, 0) if seed == 1 else case.log_probs  # rounded: many ties
+        args = (torch.tensor(case.padded), torch.tensor(case.input_lengths), torch.tensor(case.target_lengths), case.blank)
+        expected_alignments, expected_scores = ct.forced_align(torch.tensor(lp), *args, backend="numba")
+        with monkeypatch.context() as patch:
+            patch.setattr(align, "MAX_BACK_POINTER_BYTES", 0)
+            patch.setattr(align, "segment_frames", lambda frames: segment)
+            alignments, scores = ct.forced_align(torch.tensor(lp, device=TRITON_DEVICE), *args, backend="triton")
+        assert torch.equal(alignments.cpu(), expected_alignments)
+        torch.testing.assert_close(scores.cpu(), expected_scores, rtol=0, atol=0)
+
+
 def test_forced_align_unbatched_float32_and_errors():
     lp = torch.randn(10, 5).log_softmax(1)
     alignment, scores = ct.forced_align(lp.to(TRITON_DEVICE), torch.tensor([1, 2, 2]), 10, 3, backend="triton")
@@ -224,6 +244,8 @@ kernels = [
      dict(BLOCK=4096, BLOCK_C=1024, COMPACT=True, TORCH_GRAD=False)),
     (_triton._scatter_kernel, dict(post_ptr=lp, scale_ptr=f64, grad_ptr=lp), dict(BLOCK_L=128)),
     (_triton._viterbi_kernel, dict(lp_ptr=lp, ring_ptr=f64, back_ptr="*i8", score_ptr=lp, best_ptr=f64), dict(BLOCK=256)),
+    (_triton._viterbi_bounded_kernel, dict(lp_ptr=lp, ring_ptr=f64, checkpoint_ptr=f64, back_ptr="*i8", score_ptr=lp,
+                                           best_ptr=f64), dict(BLOCK=256)),
     (_triton._gather_kernel, dict(x_ptr=lp, lse_ptr=f64, compact_ptr=f64), dict(BLOCK_C=1024, BLOCK_W=128)),
     (_triton._logit_gradient_kernel, dict(x_ptr=lp, lse_ptr=f64, post_ptr="*fp32", scale_ptr=f64, out_ptr=lp),
      dict(BLOCK_C=1024, BLOCK_W=128)),
@@ -248,8 +270,8 @@ def test_every_kernel_compiles_for_gpus(arch, log_probs):
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     sizes = dict(line.split() for line in result.stdout.splitlines())
-    assert set(sizes) == {"_alpha_kernel", "_beta_kernel", "_scatter_kernel", "_viterbi_kernel", "_gather_kernel",
-                          "_logit_gradient_kernel"}
+    assert set(sizes) == {"_alpha_kernel", "_beta_kernel", "_scatter_kernel", "_viterbi_kernel", "_viterbi_bounded_kernel",
+                          "_gather_kernel", "_logit_gradient_kernel"}
     assert all(int(size) > 1000 for size in sizes.values())
 
 

@@ -46,7 +46,7 @@ Modules, device side first:
   buffers, and the functions that launch the kernels.
 """
 
-from .align_kernels import _viterbi_kernel
+from .align_kernels import _viterbi_bounded_kernel, _viterbi_kernel
 from .launch import (DeviceBatch, label_ranks, logit_gradient, loss_from_logits, memory_bytes, negative_log_likelihood,
                      scatter_gradient, viterbi)
 from .logits_kernels import _gather_kernel, _logit_gradient_kernel
@@ -54,5 +54,5 @@ from .loss_kernels import _alpha_kernel, _beta_kernel, _scatter_kernel
 
 # The host functions, and the kernels themselves (to compile them without launching).
 __all__ = ["DeviceBatch", "label_ranks", "logit_gradient", "loss_from_logits", "memory_bytes", "negative_log_likelihood",
-           "scatter_gradient", "viterbi", "_alpha_kernel", "_beta_kernel", "_scatter_kernel", "_viterbi_kernel",
+           "scatter_gradient", "viterbi", "_alpha_kernel", "_beta_kernel", "_scatter_kernel", "_viterbi_kernel", "_viterbi_bounded_kernel",
            "_gather_kernel", "_logit_gradient_kernel"]

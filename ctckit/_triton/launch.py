@@ -25,7 +25,8 @@ import triton
 
 from .._core import compact_columns
 from .._inputs import Batch
-from .align_kernels import _viterbi_kernel
+from .._core import align
+from .align_kernels import _viterbi_bounded_kernel, _viterbi_kernel
 from .logits_kernels import _gather_kernel, _logit_gradient_kernel
 from .loss_kernels import _alpha_kernel, _beta_kernel, _scatter_kernel
 
@@ -204,7 +205,16 @@ def viterbi(log_probs: torch.Tensor, batch: DeviceBatch, blank: int):
     scores = log_probs.new_zeros((size, frames))
     best = torch.empty(size, dtype=torch.float64, device=device)
     ring = torch.empty((size, 2, block), dtype=torch.float64, device=device)
-    back = torch.empty((size, frames, block), dtype=torch.int8, device=device)
-    _viterbi_kernel[(size,)](log_probs, *log_probs.stride(), *batch.index_args(), blank, ring, back, frames,
-                             alignments, scores, best, BLOCK=block, num_warps=_warps(block))
+    if size * frames * block <= align.MAX_BACK_POINTER_BYTES:  # read at each call, as the core does
+        back = torch.empty((size, frames, block), dtype=torch.int8, device=device)
+        _viterbi_kernel[(size,)](log_probs, *log_probs.stride(), *batch.index_args(), blank, ring, back, frames,
+                                 alignments, scores, best, BLOCK=block, num_warps=_warps(block))
+        return alignments, scores, best
+    segment = align.segment_frames(frames)
+    checkpoints_max = max(frames - 1, 0) // segment + 1
+    checkpoints = torch.empty((size, checkpoints_max, block), dtype=torch.float64, device=device)
+    back = torch.empty((size, segment, block), dtype=torch.int8, device=device)
+    _viterbi_bounded_kernel[(size,)](log_probs, *log_probs.stride(), *batch.index_args(), blank, ring, checkpoints, back,
+                                     frames, segment, checkpoints_max, alignments, scores, best, BLOCK=block,
+                                     num_warps=_warps(block))
     return alignments, scores, best
