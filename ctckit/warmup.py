@@ -15,7 +15,8 @@ frontend, if torch is installed) on tiny inputs chosen so that every kernel comp
   kernel for each memory layout of its array arguments;
 - the dense gradient and, with torch, the compact posteriors and their scatter;
 - the loss on logits (float32, float64 and float16 logits, the last read as their bits);
-- ``forced_align``, ``greedy_decode``, ``beam_search``, ``ctc_posteriors``;
+- ``forced_align``, ``greedy_decode``, ``beam_search``, ``ctc_posteriors``, and
+  :mod:`ctckit.decoder`'s search with a word language model;
 - the drivers on one thread, on Numba's OpenMP threads (short calls) and on ctckit's own
   pool (long calls).
 
@@ -170,6 +171,48 @@ def numpy_steps(dtype, layout) -> list[Step]:
     return steps
 
 
+_TINY_ARPA = """\\data\\
+ngram 1=5
+ngram 2=3
+
+\\1-grams:
+-99\t<s>\t-0.3
+-0.6\tab\t-0.2
+-0.6\tba\t-0.2
+-0.9\t</s>
+-1.2\t<unk>
+
+\\2-grams:
+-0.2\t<s> ab
+-0.3\tab ba
+-0.2\tba </s>
+
+\\end\\
+"""
+
+
+def decoder_step() -> Step:
+    """:mod:`ctckit.decoder`: the search with a word language model (a tiny ARPA model)."""
+
+    @_on_threads(1)
+    def run():
+        import os
+        import tempfile
+
+        from .decoder import build_ctcdecoder
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "tiny.arpa")
+            with open(path, "w") as file:
+                file.write(_TINY_ARPA)
+            decoder = build_ctcdecoder(["", " ", "a", "b"], path, lm_backend="builtin")
+        logits = np.log(np.random.default_rng(3).dirichlet(np.ones(4), size=12))
+        decoder.decode_beams(logits, beam_width=8, hotwords=["ab"])
+        build_ctcdecoder(["", " ", "a", "b"]).decode(logits, beam_width=8)
+
+    return Step("decoding with a word language model", run)
+
+
 def torch_steps(dtype, layout) -> list[Step]:
     """The torch frontend: the same loss kernels through ``.numpy()`` views, and the
     backward of compact posteriors (scattered into a dense gradient) or of the dense one."""
@@ -221,6 +264,7 @@ def groups(with_torch: bool | None = None) -> list[list[Step]]:
         for dtype in DTYPES:
             out.append(numpy_steps(dtype, layout) + (torch_steps(dtype, layout) if with_torch else []))
     out[-1].append(pool_step())
+    out[0].append(decoder_step())
     return out
 
 
