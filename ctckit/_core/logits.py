@@ -30,7 +30,6 @@ relative error below 3e-7), every sum is float64.
 """
 
 import numpy as np
-import numba
 from numba import njit, prange, types
 from numba.extending import overload
 
@@ -295,22 +294,11 @@ def _frame_costs(shape):
 def _together(shape, openmp):
     """The OpenMP twin for :func:`.pool.run`, or none for a pass under ``SERIAL_COST``:
     the calling thread alone then, as on ctckit's pool (docs' passes take 20-50 us; waking
-    OpenMP's threads next to busy peers cost more than that). The twin takes frames one at
-    a time (dynamic scheduling): with Numba's static halves, a thread that another
-    process's spinning threads preempt holds the pass up for a whole time slice (bpe5k's
-    step took 67 ms interleaved with torch and XLA calls, 26 ms alone)."""
+    OpenMP's threads next to busy peers cost more than that)."""
     frames, size, classes = shape
     if ROW_NS * frames * size * classes <= pool.SERIAL_COST:
         return None
-
-    def dynamic():
-        chunk = numba.get_parallel_chunksize()
-        numba.set_parallel_chunksize(1)
-        try:
-            openmp()
-        finally:
-            numba.set_parallel_chunksize(chunk)
-    return dynamic
+    return openmp
 
 
 def frame_rows(logits):

@@ -12,8 +12,9 @@ hand-overs to the threads, with their Python, and the two passes over frames tha
 too short to share between threads (docs, 50 x 16 x 20: 50 and 35 us on one thread).
 
 It takes a batch whose items all go to the first round (the one-scale passes,
-:func:`.loss.items._one_scale_item`); :func:`loss_and_gradient` returns None when one does
-not, or when the first round leaves one pending, and the caller makes the three passes.
+:func:`.loss.items._one_scale_item`), of at most :data:`MAX_CLASSES` classes;
+:func:`loss_and_gradient` returns None otherwise, or when the first round leaves an item
+pending, and the caller makes the three passes.
 """
 
 import numpy as np
@@ -26,6 +27,13 @@ from .logits import ROW_NS, _gather_row, _gradient_row, compact_columns, frame_r
 from .loss.batch import _A_FLAG, _item_address, _item_key, _plan_items
 from .loss.items import _item_gradient_one_scale
 from .loss.trellis import GRAD_DENSE, STATUS_PENDING
+
+
+MAX_CLASSES = 256
+"""Wider rows take the three passes: an item's rows lie a whole frame of the batch apart,
+which the frame passes read in order; measured on one quiet machine, one item at a time
+against the three passes: docs (C = 20) 0.23 / 0.28 ms, ocr (100) 2.03 / 2.24, char (32)
+6.84 / 7.44, but bpe1k (1024) 9.16 / 8.41 and bpe5k (5000) 34.4 / 26.8."""
 
 
 @njit(**HOT)
@@ -89,6 +97,8 @@ def loss_and_gradient(logits, fmt, batch, blank, width, scale, gradient_dtype, w
     (None: the most distinct classes of an item); ``out``: as for
     :func:`.logits.logit_gradient`."""
     frames, size, classes = logits.shape
+    if classes > MAX_CLASSES:
+        return None
     _, later, costs = _plan_items(batch.input_lengths, batch.target_lengths, True)
     if later.shape[0]:
         return None
