@@ -314,6 +314,18 @@ def frame_rows(logits):
     return np.ascontiguousarray(logits), False
 
 
+def gradient_output(shape, batch_major, dtype, out=None):
+    """The array a logit gradient of (T, N, C) ``shape`` is written into: ``out`` after
+    checking it, or a new one; C-contiguous, laid out (N, T, C) if ``batch_major``."""
+    frames, size, classes = shape
+    layout = (size, frames, classes) if batch_major else (frames, size, classes)
+    if out is None:
+        return np.empty(layout, dtype=dtype)
+    if out.shape != layout or out.dtype != np.dtype(dtype) or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable C-contiguous {np.dtype(dtype)} array of shape {layout}")
+    return out
+
+
 def gather_log_probs(logits, fmt, input_lengths, class_of_column):
     """``(lse, compact)``: ``lse[t, n]`` (float64 (T, N)) and the used columns of the
     log-softmax, ``compact[t, n, j] = x[t, n, class_of_column[n, j]] - lse[t, n]`` (float64
@@ -339,16 +351,10 @@ def logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths,
     array, as they are, unless ``time_major`` asks for a C-contiguous (T, N, C) array (what
     a compiled graph's operator must return whatever its input's strides). ``out``: the
     C-contiguous array to write it into (shape and dtype as it would be made), if any."""
-    frames, size, classes = logits.shape
+    frames = logits.shape[0]
     rows, batch_major = frame_rows(logits)
     grad_batch_major = batch_major and not time_major
-    shape = (size, frames, classes) if grad_batch_major else (frames, size, classes)
-    if out is None:
-        grad = np.empty(shape, dtype=out_dtype)
-    elif out.shape != shape or out.dtype != np.dtype(out_dtype) or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"out must be a writeable C-contiguous {np.dtype(out_dtype)} array of shape {shape}")
-    else:
-        grad = out
+    grad = gradient_output(logits.shape, grad_batch_major, out_dtype, out)
     arguments = (rows, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad, grad_batch_major)
     pool.run(lambda chunk, cancel: _gradient_frames(chunk, cancel, *arguments), _frame_costs(logits.shape),
              _together(logits.shape, lambda: _gradient_frames_openmp(np.arange(frames, dtype=np.int64), *arguments)))

@@ -23,7 +23,7 @@ from numba import njit, prange
 from . import pool
 from .config import HOT, PARALLEL
 from .intrinsics import call_compiled, is_set, keep_alive, unmanaged
-from .logits import ROW_NS, _gather_row, _gradient_row, compact_columns, frame_rows
+from .logits import ROW_NS, _gather_row, _gradient_row, compact_columns, frame_rows, gradient_output
 from .loss.batch import _A_FLAG, _item_address, _item_key, _plan_items
 from .loss.items import _item_gradient_one_scale
 from .loss.trellis import GRAD_DENSE, STATUS_PENDING
@@ -116,16 +116,10 @@ def loss_and_gradient(logits, fmt, batch, blank, width, scale, gradient_dtype, w
     nll, status = np.empty(size), np.empty(size, dtype=np.int8)
     unit, no_post = np.ones(size), np.empty((1, 1))
     grad_batch_major = batch_major and not time_major
-    shape = (size, frames, classes) if grad_batch_major else (frames, size, classes)
-    if not want_grad:
-        grad = np.empty((1, 1, 1), dtype=gradient_dtype)
-        scale = unit
-    elif out is None:
-        grad = np.empty(shape, dtype=gradient_dtype)
-    elif out.shape != shape or out.dtype != np.dtype(gradient_dtype) or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"out must be a writeable C-contiguous {np.dtype(gradient_dtype)} array of shape {shape}")
+    if want_grad:
+        grad = gradient_output(logits.shape, grad_batch_major, gradient_dtype, out)
     else:
-        grad = out
+        grad, scale = np.empty((1, 1, 1), dtype=gradient_dtype), unit
     scale = np.ascontiguousarray(scale, dtype=np.float64)
     inputs = (compact, columns, batch.offsets, batch.input_lengths, batch.target_lengths)
     item_arguments = (*inputs, np.int64(0), 0, GRAD_DENSE, False, unit, core_grad, no_post, _A_FLAG)
