@@ -14,6 +14,12 @@ CPU time of the decoding process (``time.process_time``), the best of a few pass
 other work on the machine disturbs them less.
 
     python benchmarks/bench_lm_decoder.py [--lines 300] [--venv /tmp/pyctcdecode-venv]
+
+``--demo`` takes the lines from ``ctckit demo``'s recognizer instead: it trains the demo's
+model (about 3 minutes on 2 cores; ``--demo-weights`` loads or saves its state dict), and
+its outputs on noisy images of words from a vocabulary (``ctckit.demo_lm``: one word an
+image, pixel noise 0.1 instead of the training's 0.05) are decoded with the ARPA model of
+that vocabulary, as ``ctckit demo --lm`` does.
 """
 
 import argparse
@@ -137,13 +143,58 @@ def ensure_venv(venv, wheel, kenlm):
     return python
 
 
+def synthetic_lines(arguments, folder):
+    """``(labels, arpa, references, logits)``: sentences of a bigram chain as noisy posteriors."""
+    rng = np.random.default_rng(arguments.seed)
+    _, follow = make_chain(rng)
+    arpa = os.path.join(folder, "bigram.arpa")
+    write_bigram_arpa([sentence(rng, follow) for _ in range(3000)], arpa)
+    references = [" ".join(sentence(rng, follow)) for _ in range(arguments.lines)]
+    return LABELS, arpa, references, [render(rng, text) for text in references]
+
+
+def demo_lines(arguments, folder):
+    """``(labels, arpa, references, logits)``: the demo recognizer on noisy word images."""
+    from pathlib import Path
+
+    import torch
+
+    import ctckit
+    import ctckit.torch as ct
+    from ctckit import demo, demo_lm
+
+    torch.set_num_threads(2)
+    ctckit.set_num_threads(2)
+    model = demo.build_model()
+    if arguments.demo_weights and os.path.exists(arguments.demo_weights):
+        model.load_state_dict(torch.load(arguments.demo_weights))
+    else:
+        model, _, _ = demo.train(ct.CTCLossFromLogits(blank=demo.BLANK, zero_infinity=True), 1500, arguments.seed, 32, 50,
+                                 False)
+        if arguments.demo_weights:
+            torch.save(model.state_dict(), arguments.demo_weights)
+    words = demo_lm.vocabulary(arguments.seed)
+    arpa = Path(folder) / "words.arpa"
+    demo_lm.write_word_arpa(words, arpa)
+    rng = np.random.default_rng(arguments.seed + 20_000)
+    references = [words[i] for i in rng.integers(0, len(words), arguments.lines)]
+    lines = demo.TextLines(arguments.seed + 20_000)
+    images = np.stack([lines.sample(text=word, noise=demo_lm.NOISE)[0] for word in references])[:, None]
+    model.eval()
+    with torch.no_grad():
+        log_probs = model(torch.from_numpy(images)).log_softmax(-1).double().numpy()
+    return [""] + list(demo.CHARSET), str(arpa), references, [log_probs[:, n] for n in range(arguments.lines)]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--venv", default="/tmp/pyctcdecode-venv")
-    parser.add_argument("--wheel", default="/tmp/kenlm_dl/pyctcdecode-0.5.0-py2.py3-none-any.whl")
-    parser.add_argument("--kenlm", default="/tmp/kenlm_dl/kenlm-0.3.0.tar.gz")
+    parser.add_argument("--wheel", default="pyctcdecode==0.5.0", help="pyctcdecode to install (a file or a requirement)")
+    parser.add_argument("--kenlm", default="kenlm", help="kenlm to install beside it (a file or a requirement)")
+    parser.add_argument("--demo", action="store_true", help="decode the demo recognizer's outputs (see above)")
+    parser.add_argument("--demo-weights", help="a state dict of the demo's model: loaded if it exists, else saved there")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--beta", type=float, default=1.5)
     parser.add_argument("--passes", type=int, default=3)
@@ -153,17 +204,12 @@ def main():
     import ctckit.decoder
     import ctckit.numpy
 
-    rng = np.random.default_rng(arguments.seed)
-    _, follow = make_chain(rng)
     folder = tempfile.mkdtemp(prefix="bench_lm_")
-    arpa = os.path.join(folder, "bigram.arpa")
-    write_bigram_arpa([sentence(rng, follow) for _ in range(3000)], arpa)
-    references = [" ".join(sentence(rng, follow)) for _ in range(arguments.lines)]
-    logits = [render(rng, text) for text in references]
+    labels, arpa, references, logits = (demo_lines if arguments.demo else synthetic_lines)(arguments, folder)
     np.savez(os.path.join(folder, "logits.npz"), logits=np.concatenate(logits), lengths=[len(x) for x in logits])
 
     python = ensure_venv(arguments.venv, arguments.wheel, arguments.kenlm)
-    options = {"labels": LABELS, "arpa": arpa, "alpha": arguments.alpha, "beta": arguments.beta, "passes": arguments.passes}
+    options = {"labels": labels, "arpa": arpa, "alpha": arguments.alpha, "beta": arguments.beta, "passes": arguments.passes}
     run = subprocess.run([python, "-c", _PYCTCDECODE, os.path.join(folder, "logits.npz"), json.dumps(options)],
                          check=True, capture_output=True, text=True)
     theirs = json.loads(run.stdout.strip().splitlines()[-1])
@@ -181,13 +227,13 @@ def main():
                 times.append((time.process_time() - start) / len(logits))
         return texts, min(cold), min(warm)
 
-    greedy = [" ".join("".join(LABELS[c] for c in ctckit.numpy.greedy_decode(x)).split()) for x in logits]
-    plain, *plain_time = timed(lambda: ctckit.decoder.build_ctcdecoder(LABELS))
+    greedy = [" ".join("".join(labels[c] for c in ctckit.numpy.greedy_decode(x)).split()) for x in logits]
+    plain, *plain_time = timed(lambda: ctckit.decoder.build_ctcdecoder(labels))
     rows = [("greedy", greedy, None, "plain"), ("ctckit, no LM", plain, plain_time, "plain"),
             ("pyctcdecode, no LM", theirs["plain"]["texts"], [theirs["plain"]["seconds"] / len(logits)] * 2, "plain")]
     for backend in ("builtin", "kenlm"):
         try:
-            texts, *seconds = timed(lambda: ctckit.decoder.build_ctcdecoder(LABELS, arpa, alpha=arguments.alpha, beta=arguments.beta,
+            texts, *seconds = timed(lambda: ctckit.decoder.build_ctcdecoder(labels, arpa, alpha=arguments.alpha, beta=arguments.beta,
                                                                           lm_backend=backend))
         except ImportError:
             continue

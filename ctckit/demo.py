@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ._cli import SEED, int_option, require
+from .demo_lm import edit_distance
 
 CHARSET = "0123456789abcdefghijklmnopqrstuvwxyz"
 BLANK = 0  # class k + 1 is CHARSET[k]
@@ -48,12 +49,14 @@ class TextLines:
         self.rng = np.random.default_rng(seed)
         self.fonts = _fonts()
 
-    def sample(self):
+    def sample(self, text: str | None = None, noise: float = 0.05):
+        """``(pixels, labels, text)`` of one line: ``text``, or 3 to 10 random characters."""
         from PIL import Image, ImageDraw
 
-        rng = self.rng
-        length = int(rng.integers(3, 11))
-        text = "".join(CHARSET[i] for i in rng.integers(0, len(CHARSET), length))
+        rng, fixed = self.rng, text is not None
+        if text is None:
+            length = int(rng.integers(3, 11))
+            text = "".join(CHARSET[i] for i in rng.integers(0, len(CHARSET), length))
         font = self.fonts[int(rng.integers(len(self.fonts)))]
         image = Image.new("L", (WIDTH, HEIGHT), color=int(rng.integers(200, 256)))
         draw = ImageDraw.Draw(image)
@@ -64,9 +67,9 @@ class TextLines:
             draw.text((x, (HEIGHT - (bottom - top)) / 2 - top + rng.integers(-2, 3)), char, fill=ink, font=font)
             x += (right - left) + float(rng.uniform(0.5, 3.0))
         pixels = np.asarray(image, dtype=np.float32) / 255.0
-        pixels += rng.normal(0.0, 0.05, pixels.shape).astype(np.float32)
+        pixels += rng.normal(0.0, noise, pixels.shape).astype(np.float32)
         if x > WIDTH:  # too long for the line at this size: try again
-            return self.sample()
+            return self.sample(text if fixed else None, noise)
         return pixels, [CHARSET.index(c) + 1 for c in text], text
 
     def batch(self, size: int):
@@ -93,15 +96,6 @@ def build_model():
             return self.head(self.rnn(features)[0])
 
     return CRNN(len(CHARSET) + 1)
-
-
-def _edit_distance(a, b) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
 
 
 class Training:
@@ -196,7 +190,7 @@ def evaluate(model, seed: int, size: int):
     with torch.no_grad():
         log_probs = model(torch.from_numpy(images)).log_softmax(-1)
     greedy = ct.greedy_decode(log_probs, blank=BLANK)
-    errors = sum(_edit_distance(g, l) for g, l in zip(greedy, labels))
+    errors = sum(edit_distance(g, l) for g, l in zip(greedy, labels))
     cer = errors / sum(len(l) for l in labels)
     return cer, images, labels, texts, log_probs, greedy
 
@@ -265,6 +259,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare-torch", action="store_true",
                         help="also train the same model with torch's ctc_loss, the two alternating step by step, "
                              "and compare their median time per step and their CER")
+    parser.add_argument("--lm", action="store_true",
+                        help="then read noisier images of words from a vocabulary greedily and with a word language "
+                             "model (ctckit.decoder), and compare their word error rates")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -314,6 +311,10 @@ def main(argv=None) -> int:
     spans = draw_alignment(images[0], log_probs[:, 0], labels[0], args.out / "alignment.png")
     print(f"\nforced alignment of '{texts[0]}': " + ", ".join(f"{CHARSET[s.token - 1]}@{s.start}-{s.end}" for s in spans))
     print(f"wrote {args.out / 'loss.png'} and {args.out / 'alignment.png'}")
+    if args.lm:
+        from . import demo_lm
+
+        demo_lm.evaluate(model, TextLines(args.seed + 20_000), CHARSET, BLANK, args.seed, args.val, args.out)
     return 0
 
 

@@ -82,3 +82,46 @@ def test_synthetic_lines_are_reproducible_and_fit():
         assert np.array_equal(img_a, img_b) and lab_a == lab_b
         assert img_a.shape == (demo.HEIGHT, demo.WIDTH) and 3 <= len(text_a) <= 10
         assert len(lab_a) <= demo.FRAMES
+
+
+def test_demo_with_a_language_model_reports_both_word_error_rates(tmp_path, capsys):
+    assert demo.main(["--steps", "2", "--batch", "2", "--val", "6", "--out", str(tmp_path), "--no-progress", "--lm"]) == 0
+    out = capsys.readouterr().out
+    rates = re.findall(r"(greedy|language model): word error rate ([\d.]+)%, CER ([\d.]+)%", out)
+    assert [name for name, _, _ in rates] == ["greedy", "language model"]
+    assert all(0 <= float(wer) <= 100 for _, wer, _ in rates)
+    assert "words the language model corrected:" in out and (tmp_path / "lm.arpa").exists()
+
+
+def test_the_demo_vocabulary_model_pulls_a_misread_word_to_the_vocabulary(tmp_path):
+    # The ARPA model of the vocabulary, in the built-in reader and in KenLM (when installed):
+    # letters the acoustics leave open are read as the vocabulary's word.
+    from ctckit import demo_lm
+    from ctckit.decoder import build_ctcdecoder
+
+    words = demo_lm.vocabulary(0)
+    assert words == demo_lm.vocabulary(0) and len(set(words)) == demo_lm.VOCABULARY_SIZE
+    path = tmp_path / "lm.arpa"
+    demo_lm.write_word_arpa(words, path)
+    labels = [""] + list(demo.CHARSET)
+    word = words[7]
+    rows = []
+    for i, char in enumerate(word):  # each letter, then a blank; the third letter half another one
+        row = np.full(len(labels), -12.0)
+        row[labels.index(char)] = 0.0
+        if i == 2:
+            other = "z" if char != "z" else "y"
+            row[labels.index(other)] = np.log(0.55)
+            row[labels.index(char)] = np.log(0.45)
+        rows += [row, np.where(np.arange(len(labels)) == 0, 0.0, -12.0)]
+    logits = np.array(rows)
+    backends = ["builtin"]
+    try:
+        import kenlm  # noqa: F401
+        backends.append("kenlm")
+    except ImportError:
+        pass
+    for backend in backends:
+        plain = build_ctcdecoder(labels).decode(logits)
+        assert plain != word  # the acoustics alone prefer the other letter
+        assert build_ctcdecoder(labels, str(path), alpha=demo_lm.ALPHA, beta=demo_lm.BETA, lm_backend=backend).decode(logits) == word
