@@ -162,7 +162,7 @@ class _EagerStep(torch.autograd.Function):
         else:
             nll, saved = backend.loss_from_logits(logits.detach(), batch, blank, True, width)
             ctx.dense, ctx.saved, ctx.nll = None, saved, nll
-        loss = reduced(nll, reduction, zero_infinity, shapes, batch, target_lengths, out_dtype)
+        loss = reduced(nll, reduction, zero_infinity, shapes, batch, target_lengths, out_dtype, weights)
         ctx.save_for_backward(logits)  # autograd checks that it is unchanged at the backward
         return loss
 

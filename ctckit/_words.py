@@ -211,7 +211,7 @@ def word_spans(token_spans, *, separator=None, word_start=None, labels=None, fra
     return words
 
 
-def _host(value):
+def host_array(value):
     """A tensor (anything with ``detach``, ``cpu`` and ``numpy``, as torch's) as a NumPy
     array on the host, float types narrower than float32 as float32; anything else as it
     is. Imports no framework."""
@@ -231,7 +231,7 @@ def align_words(log_probs, targets, blank=0, *, separator=None, word_start=None,
     host); ``targets``: its (S,) labels, separators or word-start tokens included; the
     keyword arguments are those of :func:`word_spans`, checked before the alignment runs.
     """
-    log_probs, targets = _host(log_probs), _host(targets)
+    log_probs, targets = host_array(log_probs), host_array(targets)
     shape = np.shape(log_probs)
     if len(shape) != 2:
         raise CTCInputError(f"align_words aligns one item: log_probs must be (T, C), got shape {shape}")

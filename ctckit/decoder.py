@@ -35,6 +35,7 @@ from . import _decode
 from ._core.beam import _EMPTY
 from ._core.lm_beam import cache_insert, lm_beam_search, lm_beam_start, log_softmax_rows, table_insert
 from ._lm import SPECIAL_WORDS, load_language_model
+from ._words import host_array
 from .errors import CTCInputError
 
 __all__ = ["build_ctcdecoder", "CTCDecoder", "WORD_START"]
@@ -77,16 +78,22 @@ def _trie(words, codes: dict):
     return keys, children, np.array(word_of, dtype=np.int64), np.array(shortest, dtype=np.float64)
 
 
+def _strings(value, name: str, protocol: str) -> tuple:
+    """``value`` (a collection with ``protocol``, not one str) as a tuple of str."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, protocol):
+        raise TypeError(f"{name} must be a list of str, got {type(value).__name__}")
+    value = tuple(value)
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(item).__name__}")
+    return value
+
+
 def _alphabet(labels):
     """``(texts, kinds, blank, is_pieces)`` of pyctcdecode-style labels: the blank ``""`` (or
     ``<pad>``/``[pad]``), a separator ``" "`` (or ``"|"``) between words of characters, or
     word pieces where ``▁`` (or the absence of ``##``) starts a word."""
-    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__"):
-        raise TypeError(f"labels must be a list of str, got {type(labels).__name__}")
-    labels = list(labels)
-    for i, label in enumerate(labels):
-        if not isinstance(label, str):
-            raise TypeError(f"labels[{i}] must be a str, got {type(label).__name__}")
+    labels = list(_strings(labels, "labels", "__len__"))
     labels = ["" if _BLANK_LABEL.match(s) else s for s in labels]
     if len(set(labels)) != len(labels):
         raise CTCInputError("labels must not repeat an entry (after <pad> -> '')")
@@ -282,10 +289,7 @@ class CTCDecoder:
 
     def _log_probs(self, logits) -> np.ndarray:
         """``logits`` (T, C) as float64 log-probabilities (a log-softmax over C)."""
-        if hasattr(logits, "detach") and hasattr(logits, "cpu"):  # a torch tensor, without importing torch
-            logits = logits.detach().cpu()
-            logits = logits.float() if str(logits.dtype) in ("torch.bfloat16", "torch.float16") else logits
-            logits = logits.numpy()
+        logits = host_array(logits)  # a torch tensor, without importing torch
         try:
             array = np.asarray(logits)
         except (ValueError, TypeError) as error:
@@ -309,14 +313,7 @@ class CTCDecoder:
         hotword_weight = _decode._real(hotword_weight, "hotword_weight")
         if not math.isfinite(hotword_weight):
             raise CTCInputError(f"hotword_weight must be finite, got {hotword_weight}")
-        if hotwords is None:
-            hotwords = ()
-        elif isinstance(hotwords, (str, bytes)) or not hasattr(hotwords, "__iter__"):
-            raise TypeError(f"hotwords must be a list of str, got {type(hotwords).__name__}")
-        hotwords = tuple(hotwords)
-        for i, word in enumerate(hotwords):
-            if not isinstance(word, str):
-                raise TypeError(f"hotwords[{i}] must be a str, got {type(word).__name__}")
+        hotwords = () if hotwords is None else _strings(hotwords, "hotwords", "__iter__")
         return beam_width, beam_prune_logp, token_min_logp, hotwords, hotword_weight
 
     def decode_beams(self, logits, beam_width=100, beam_prune_logp=-10.0, token_min_logp=-5.0, prune_history=False,
