@@ -48,6 +48,9 @@ _BLANK_LABEL = re.compile(r"^[<\[]pad[>\]]$", re.IGNORECASE)
 MAX_CACHED_SCORES = 1 << 21
 """The language-model score cache is emptied when it would hold more pairs than this."""
 _MAX_MISSES = 4096
+SEARCH_CELLS = 1 << 21
+"""A search returns to Python after about this many (beam, class) cells of frames (beam 64
+over 28 classes: every 1,170 frames, about 0.1 s), so that Ctrl-C is answered."""
 _LIVE = weakref.WeakValueDictionary()  # this process's decoders by key, which forked pool workers inherit
 
 
@@ -76,6 +79,18 @@ def _trie(words, codes: dict):
     keys, children = _table(size), np.zeros(size, dtype=np.int64)
     table_insert(keys, children, np.fromiter(edges.keys(), np.int64, len(edges)), np.fromiter(edges.values(), np.int64, len(edges)))
     return keys, children, np.array(word_of, dtype=np.int64), np.array(shortest, dtype=np.float64)
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether ``error`` was caused by a ``KeyboardInterrupt`` (Numba reports one raised in
+    its own Python code while it hands a result back as a chain of ``SystemError``)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _strings(value, name: str, protocol: str) -> tuple:
@@ -249,13 +264,22 @@ class CTCDecoder:
         if self._blank_work is None:
             self._blank_work = lm_beam_start(1, 0)
         work, t, fresh = self._blank_work, 0, True
+        chunk = max(16, SEARCH_CELLS // (beam_width * log_probs.shape[1]))
         while True:
-            t, found, missed, work = lm_beam_search(log_probs, t, self.blank, beam_width, token_min_logp, beam_prune_logp,
-                                                    self._tables(hotwords, hotword_weight), misses, work, fresh,
-                                                    labels, lengths, acoustic, extra)
+            try:
+                t, found, missed, work = lm_beam_search(log_probs, t, min(frames, t + chunk), self.blank, beam_width,
+                                                        token_min_logp, beam_prune_logp,
+                                                        self._tables(hotwords, hotword_weight), misses, work, fresh, labels,
+                                                        lengths, acoustic, extra)
+            except SystemError as error:  # Ctrl-C while Numba boxed the search's state: say what it was
+                if _interrupted(error):
+                    raise KeyboardInterrupt from None
+                raise
             fresh = False
             if not missed:
-                return [(labels[r, :lengths[r]].tolist(), float(acoustic[r]), float(extra[r])) for r in range(found)]
+                if work is None:
+                    return [(labels[r, :lengths[r]].tolist(), float(acoustic[r]), float(extra[r])) for r in range(found)]
+                continue  # a pause between chunks of frames: Python answers Ctrl-C here
             try:
                 self._score_pairs(misses[:min(missed, _MAX_MISSES)])
             except _CacheFull:  # the state ids change: start again

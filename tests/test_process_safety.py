@@ -267,3 +267,21 @@ def test_ctrl_c_stops_a_wide_beam_search_within_half_a_second():
     )
     assert latency < 0.5
     assert busy < 0.2
+
+
+def test_ctrl_c_stops_a_long_decode_with_the_word_decoder_and_the_next_call_works():
+    # 60,000 frames at beam 64 take seconds; the search returns to Python between chunks of frames.
+    latency, busy, out = interrupt(
+        setup="""
+            from ctckit.decoder import build_ctcdecoder
+            labels = ["", " "] + list("abcdefghijklmnopqrstuvwxyz")
+            logits = np.log(np.random.default_rng(0).dirichlet(np.ones(len(labels)) * 0.3, size=60000))
+            decoder = build_ctcdecoder(labels)
+        """,
+        warmup="expected = decoder.decode(logits[:500], beam_width=64)",
+        call="decoder.decode(logits, beam_width=64)",
+        check="""print("again", decoder.decode(logits[:500], beam_width=64) == expected)""",
+    )
+    assert latency < 0.5
+    assert busy < 0.2
+    assert "again True" in out

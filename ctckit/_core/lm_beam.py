@@ -127,18 +127,19 @@ def lm_beam_start(beam_width, start_state):
 
 
 @njit(**NJIT)
-def lm_beam_search(log_probs, start, blank, beam_width, token_min_log_prob, beam_prune_log_prob, tables, misses, work, fresh,
-                   out_labels, out_lengths, out_acoustic, out_extra):
-    """:func:`lm_beam_run` from frame ``start`` (from a new state if ``fresh``), then, if no
-    score was missing, :func:`lm_beam_finish`. Returns ``(t, beams, misses, work)``: a
-    call that returns misses goes on from frame ``t`` with ``work`` once they are scored;
-    a call without misses returns ``work`` as ``None`` (a tuple of arrays costs microseconds
-    to hand back to Python)."""
+def lm_beam_search(log_probs, start, stop, blank, beam_width, token_min_log_prob, beam_prune_log_prob, tables, misses, work,
+                   fresh, out_labels, out_lengths, out_acoustic, out_extra):
+    """:func:`lm_beam_run` over frames ``start`` to ``stop`` (from a new state if ``fresh``),
+    then, at the last frame with no score missing, :func:`lm_beam_finish`. Returns ``(t,
+    beams, misses, work)``: a call that returns misses goes on from frame ``t`` with ``work``
+    once they are scored, one that stopped at ``stop`` before the last frame goes on from
+    there; a finished call returns ``work`` as ``None`` (a tuple of arrays costs
+    microseconds to hand back to Python)."""
     if fresh:
         work = lm_beam_start(beam_width, 0)  # state 0: the start of a sentence
-    t, missed, work = lm_beam_run(log_probs, start, blank, beam_width, token_min_log_prob, beam_prune_log_prob, tables,
-                                  misses, work)
-    if missed:
+    t, missed, work = lm_beam_run(log_probs, start, stop, blank, beam_width, token_min_log_prob, beam_prune_log_prob,
+                                  tables, misses, work)
+    if missed or t < log_probs.shape[0]:
         return t, 0, missed, work
     found, missed = lm_beam_finish(tables, misses, work, out_labels, out_lengths, out_acoustic, out_extra)
     if missed:
@@ -171,12 +172,12 @@ def log_softmax_rows(array):
 
 
 @njit(**NJIT)
-def lm_beam_run(log_probs, start, blank, beam_width, token_min_log_prob, beam_prune_log_prob, tables, misses, work):
-    """Frames ``start, start + 1, ...`` of the search of one item, ``log_probs`` (T, C)
+def lm_beam_run(log_probs, start, stop, blank, beam_width, token_min_log_prob, beam_prune_log_prob, tables, misses, work):
+    """Frames ``start`` to ``stop - 1`` of the search of one item, ``log_probs`` (T, C)
     float64, from the state ``work`` (:func:`lm_beam_start`). Returns ``(t, misses, work)``:
     at the first frame ``t`` whose candidates need a language-model score that the cache
-    lacks, before changing anything, with the missing pairs in ``misses``; else ``(T, 0,
-    work)``. The host scores the pairs and calls again from ``t``."""
+    lacks, before changing anything, with the missing pairs in ``misses``; else ``(stop,
+    0, work)``. The host scores the pairs and calls again from ``t``."""
     frames, classes = log_probs.shape
     parent, last, beam_of, n_state, n_score, n_vnode, n_hnode, n_length, n_extra, child_key, child_node, beam_node, \
         beam_b, beam_nb, counts = work
@@ -204,7 +205,7 @@ def lm_beam_run(log_probs, start, blank, beam_width, token_min_log_prob, beam_pr
     headroom = max(0.0, tables[14][1]) if tables[6].shape[0] > 0 else 0.0
     if tables[14][0] > 0:
         headroom = np.inf
-    for t in range(start, frames):
+    for t in range(start, stop):
         count = _candidate_labels(lp3, t, 0, blank, token_min_log_prob, labels, is_label)
         log_blank = log_probs[t, blank]
         for i in range(beams):
@@ -327,7 +328,7 @@ def lm_beam_run(log_probs, start, blank, beam_width, token_min_log_prob, beam_pr
                 beam_b[r], beam_nb[r] = _NEG_INF, new_acoustic[r]
         beams = kept
     counts[0], counts[1] = nodes, beams
-    return frames, 0, (parent, last, beam_of, n_state, n_score, n_vnode, n_hnode, n_length, n_extra, child_key, child_node,
+    return stop, 0, (parent, last, beam_of, n_state, n_score, n_vnode, n_hnode, n_length, n_extra, child_key, child_node,
                        beam_node, beam_b, beam_nb, counts)
 
 
