@@ -10,8 +10,9 @@ pyctcdecode 0.5 pins numpy<2, so it runs in its own virtual environment (created
 ``--venv`` on first use from ``--wheel``, with kenlm from ``--kenlm`` if given) in a
 subprocess that reads the posteriors from an .npz file. Both decoders get the same ARPA
 model, labels, beam width and pruning (pyctcdecode's ``decode`` defaults). Times are the
-CPU time of the decoding process (``time.process_time``), the best of a few passes, so that
-other work on the machine disturbs them less.
+CPU time of the decoding process (``time.process_time``), the best of a few passes, each
+pass pyctcdecode's and then ctckit's, so that other work on the machine disturbs them less
+and a slower minute slows both.
 
     python benchmarks/bench_lm_decoder.py [--lines 300] [--venv /tmp/pyctcdecode-venv]
 
@@ -201,6 +202,7 @@ def main():
     parser.add_argument("--show", type=int, default=5, help="lines where ctckit and pyctcdecode differ to print")
     arguments = parser.parse_args()
 
+    import ctckit._lm
     import ctckit.decoder
     import ctckit.numpy
 
@@ -209,35 +211,33 @@ def main():
     np.savez(os.path.join(folder, "logits.npz"), logits=np.concatenate(logits), lengths=[len(x) for x in logits])
 
     python = ensure_venv(arguments.venv, arguments.wheel, arguments.kenlm)
-    options = {"labels": labels, "arpa": arpa, "alpha": arguments.alpha, "beta": arguments.beta, "passes": arguments.passes}
-    run = subprocess.run([python, "-c", _PYCTCDECODE, os.path.join(folder, "logits.npz"), json.dumps(options)],
-                         check=True, capture_output=True, text=True)
-    theirs = json.loads(run.stdout.strip().splitlines()[-1])
-
-    def timed(build):
-        """Texts and the best time per line over the passes, each with a new decoder (an empty
-        score cache), and the best time of passes over the same lines again with that decoder."""
-        cold, warm = [], []
-        for _ in range(arguments.passes):
-            decode = build().decode
+    options = {"labels": labels, "arpa": arpa, "alpha": arguments.alpha, "beta": arguments.beta, "passes": 1}
+    builders = {"plain": lambda: ctckit.decoder.build_ctcdecoder(labels)}
+    for backend in ("builtin", "kenlm"):
+        if backend == "builtin" or ctckit._lm.kenlm_available():
+            builders[backend] = lambda backend=backend: ctckit.decoder.build_ctcdecoder(
+                labels, arpa, alpha=arguments.alpha, beta=arguments.beta, lm_backend=backend)
+    runs, texts, cold, warm = [], {}, collections.defaultdict(list), collections.defaultdict(list)
+    for _ in range(arguments.passes):  # pyctcdecode's pass, then ctckit's: a slower minute slows both
+        run = subprocess.run([python, "-c", _PYCTCDECODE, os.path.join(folder, "logits.npz"), json.dumps(options)],
+                             check=True, capture_output=True, text=True)
+        runs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        for name, build in builders.items():
+            decode = build().decode  # a new decoder: an empty score cache
             decode(logits[0])
-            for times in (cold, warm):
+            for times in (cold[name], warm[name]):  # the same lines again with that decoder
                 start = time.process_time()
-                texts = [decode(x) for x in logits]
+                texts[name] = [decode(x) for x in logits]
                 times.append((time.process_time() - start) / len(logits))
-        return texts, min(cold), min(warm)
+    theirs = {kind: {"texts": runs[-1][kind]["texts"], "seconds": min(r[kind]["seconds"] for r in runs)}
+              for kind in ("plain", "lm")}
 
     greedy = [" ".join("".join(labels[c] for c in ctckit.numpy.greedy_decode(x)).split()) for x in logits]
-    plain, *plain_time = timed(lambda: ctckit.decoder.build_ctcdecoder(labels))
-    rows = [("greedy", greedy, None, "plain"), ("ctckit, no LM", plain, plain_time, "plain"),
+    rows = [("greedy", greedy, None, "plain"), ("ctckit, no LM", texts["plain"], (min(cold["plain"]), min(warm["plain"])), "plain"),
             ("pyctcdecode, no LM", theirs["plain"]["texts"], [theirs["plain"]["seconds"] / len(logits)] * 2, "plain")]
     for backend in ("builtin", "kenlm"):
-        try:
-            texts, *seconds = timed(lambda: ctckit.decoder.build_ctcdecoder(labels, arpa, alpha=arguments.alpha, beta=arguments.beta,
-                                                                          lm_backend=backend))
-        except ImportError:
-            continue
-        rows.append((f"ctckit, LM ({backend})", texts, seconds, "lm"))
+        if backend in texts:
+            rows.append((f"ctckit, LM ({backend})", texts[backend], (min(cold[backend]), min(warm[backend])), "lm"))
     rows.append(("pyctcdecode, LM (kenlm)", theirs["lm"]["texts"], [theirs["lm"]["seconds"] / len(logits)] * 2, "lm"))
     words = sum(len(r.split()) for r in references)
     print(f"{len(logits)} lines, {words} words, {sum(len(x) for x in logits) / len(logits):.0f} frames per line on average, "

@@ -297,6 +297,9 @@ def _hotword_tuples(hotwords, classes: int, blank: int) -> list[tuple]:
 
 def _check_work(size: int, frames: int, classes: int, beam_width: int, top_k: int, in_python: bool) -> None:
     """Refuse a search that could need more than :data:`MAX_BEAM_SEARCH_BYTES`, saying which width fits."""
+    if not in_python and 8 * size * top_k * (frames + 2) + 160 * (1 + frames * beam_width) + 192 * beam_width + 16 * classes \
+            <= MAX_BEAM_SEARCH_BYTES:  # fits with every kept prefix a node: no need to count the prefixes
+        return
     need = beam_search_bytes(size, frames, classes, beam_width, top_k, in_python)
     if need <= MAX_BEAM_SEARCH_BYTES:
         return

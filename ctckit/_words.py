@@ -215,6 +215,8 @@ def host_array(value):
     """A tensor (anything with ``detach``, ``cpu`` and ``numpy``, as torch's) as a NumPy
     array on the host, float types narrower than float32 as float32; anything else as it
     is. Imports no framework."""
+    if isinstance(value, np.ndarray):
+        return value
     if all(hasattr(value, name) for name in ("detach", "cpu", "numpy", "is_floating_point", "element_size")):
         value = value.detach().cpu()
         if value.is_floating_point() and value.element_size() < 4:  # float16, bfloat16: NumPy has no bfloat16

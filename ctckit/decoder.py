@@ -23,6 +23,7 @@ Importing this module imports neither torch nor kenlm.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import re
 import threading
@@ -48,6 +49,9 @@ _BLANK_LABEL = re.compile(r"^[<\[]pad[>\]]$", re.IGNORECASE)
 MAX_CACHED_SCORES = 1 << 21
 """The language-model score cache is emptied when it would hold more pairs than this."""
 _MAX_MISSES = 4096
+_FIRST_CACHE_SLOTS = 1024  # the score cache's table doubles when half full
+_HOST_FUNCTION = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
+"""The search's call back for missing language-model scores (see :mod:`ctckit._core.lm_beam`)."""
 SEARCH_CELLS = 1 << 21
 """A search returns to Python after about this many (beam, class) cells of frames (beam 64
 over 28 classes: every 1,170 frames, about 0.1 s), so that Ctrl-C is answered."""
@@ -126,6 +130,9 @@ def _alphabet(labels):
     return texts, np.array(kinds, dtype=np.int64), labels.index(""), is_pieces
 
 
+_DECODE_PRUNES = True
+
+
 class CTCDecoder:
     """A beam-search decoder with an optional word language model: see :func:`build_ctcdecoder`.
 
@@ -145,9 +152,7 @@ class CTCDecoder:
         for name, value in (("alpha", self.alpha), ("beta", self.beta), ("unk_score_offset", self.unk_score_offset)):
             if not math.isfinite(value):
                 raise CTCInputError(f"{name} must be finite, got {value}")
-        if not isinstance(lm_score_boundary, (bool, np.bool_)):
-            raise TypeError(f"lm_score_boundary must be a bool, got {type(lm_score_boundary).__name__}")
-        self.lm_score_boundary = bool(lm_score_boundary)
+        self.lm_score_boundary = _flag(lm_score_boundary, "lm_score_boundary")
         self.language_model = language_model
         chars = sorted({c for text in self._texts for c in text})
         self._codes = {c: i for i, c in enumerate(chars)}
@@ -166,7 +171,8 @@ class CTCDecoder:
         self.words = words
         self._lexicon = _trie(words, self._codes)[:3]
         self._key = uuid.uuid4().hex
-        self._fixed = self._blank_work = None
+        self._fixed = self._blank_work = self._host = self._misses = self._host_error = None
+        self._restart, self._checked_options = False, None
         self._lock = threading.Lock()
         self._reset_cache()
         _LIVE[self._key] = self
@@ -177,7 +183,7 @@ class CTCDecoder:
 
     def _reset_cache(self) -> None:
         """Empty the cache of language-model scores ``(state id, word id) -> (score, next id)``."""
-        self._cache = (_table(1024), np.zeros(1024), np.zeros(1024, dtype=np.int64))
+        self._cache = (_table(_FIRST_CACHE_SLOTS), np.zeros(_FIRST_CACHE_SLOTS), np.zeros(_FIRST_CACHE_SLOTS, dtype=np.int64))
         self._cached = 0
         self._states, self._state_ids, self._ended = [], {}, set()
         if self._use_lm:
@@ -193,20 +199,23 @@ class CTCDecoder:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for name in ("_cache", "_cached", "_states", "_state_ids", "_ended", "_fixed", "_blank_work", "_lock"):
+        for name in ("_cache", "_cached", "_states", "_state_ids", "_ended", "_fixed", "_blank_work", "_lock", "_host",
+                     "_misses", "_host_error", "_restart", "_checked_options"):
             del state[name]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._fixed = self._blank_work = None
+        self._fixed = self._blank_work = self._host = self._misses = self._host_error = None
+        self._restart, self._checked_options = False, None
         self._lock = threading.Lock()
         self._reset_cache()
         _LIVE.setdefault(self._key, self)
 
-    def _score_pairs(self, keys: np.ndarray) -> None:
+    def _score_pairs(self, keys: np.ndarray) -> bool:
         """Score the missing ``state * W + word`` pairs with the model and cache them, with
-        ``</s>`` after each new state (the end of a line needs it: one stop less)."""
+        ``</s>`` after each new state (the end of a line needs it). Returns whether the
+        cache's arrays were replaced by larger ones."""
         W, model, alpha, beta = len(self.words) + 2, self.language_model, self.alpha, self.beta
         entries, ended = {}, self._ended
         for key in sorted(set(keys.tolist())):
@@ -228,37 +237,39 @@ class CTCDecoder:
         keys = np.fromiter(entries.keys(), np.int64, len(entries))
         scores = np.array([score for score, _ in entries.values()])
         nexts = np.array([following for _, following in entries.values()], dtype=np.int64)
-        table = self._cache
+        table, grown = self._cache, False
         if 2 * (self._cached + keys.size) > table[0].size:
             size = table[0].size
             while 2 * (self._cached + keys.size) > size:
                 size *= 2
-            grown = (_table(size), np.zeros(size), np.zeros(size, dtype=np.int64))
+            larger = (_table(size), np.zeros(size), np.zeros(size, dtype=np.int64))
             used = table[0] != _EMPTY
-            cache_insert(*grown, table[0][used], table[1][used], table[2][used])
-            self._cache = table = grown
+            cache_insert(*larger, table[0][used], table[1][used], table[2][used])
+            self._cache, table, grown = larger, larger, True
         cache_insert(*table, keys, scores, nexts)
         self._cached += keys.size
+        return grown
 
-    def _tables(self, hotwords, hotword_weight):
-        """The kernel's tables (:mod:`ctckit._core.lm_beam`); the last hotwords' are kept."""
-        key = (hotwords, hotword_weight)
+    def _tables(self, hotwords, hotword_weight, prune_history):
+        """The kernel's tables (:mod:`ctckit._core.lm_beam`); the last options' are kept."""
+        key = (hotwords, hotword_weight, prune_history)
         if self._fixed is None or self._fixed[0] != key:
             codes = self._codes
             words = sorted({w for phrase in hotwords for w in phrase.split() if all(c in codes for c in w)})
             h_keys, h_child, h_word, h_short = _trie(words, codes) if words else (
                 _table(0), np.zeros(0, np.int64), np.full(1, -1, np.int64), np.ones(1))
-            sizes = np.array([max(len(codes), 1), len(self.words), int(self._use_lm), int(self.lm_score_boundary)], np.int64)
+            sizes = np.array([max(len(codes), 1), len(self.words), int(self._use_lm), int(self.lm_score_boundary),
+                              int(prune_history), self._host_address()], np.int64)
             self._fixed = (key, (self._kinds, *self._chars, *self._lexicon, h_keys, h_child, h_short, (h_word >= 0).astype(np.int64)),
                            (sizes, np.array([self.unk_score_offset, hotword_weight])))
         return (*self._fixed[1], *self._cache, *self._fixed[2])
 
-    def _search(self, log_probs, beam_width, beam_prune_logp, token_min_logp, hotwords, hotword_weight):
+    def _search(self, log_probs, beam_width, beam_prune_logp, token_min_logp, hotwords, hotword_weight, prune_history):
         """The final beams' label sequences, best first: ``[(labels, acoustic, extra)]``.
-        The search stops at a frame that needs language-model scores the cache lacks; they
-        are scored here and the search goes on from that frame."""
+        When a frame needs language-model scores the cache lacks, the search calls
+        :meth:`_on_misses` for them and goes on with that frame."""
         frames = log_probs.shape[0]
-        misses = np.empty(_MAX_MISSES, dtype=np.int64)
+        misses = self._misses = np.empty(_MAX_MISSES, dtype=np.int64)
         labels = np.empty((beam_width, frames), dtype=np.int64)
         lengths, acoustic, extra = np.zeros(beam_width, np.int64), np.zeros(beam_width), np.zeros(beam_width)
         if self._blank_work is None:
@@ -269,22 +280,43 @@ class CTCDecoder:
             try:
                 t, found, missed, work = lm_beam_search(log_probs, t, min(frames, t + chunk), self.blank, beam_width,
                                                         token_min_logp, beam_prune_logp,
-                                                        self._tables(hotwords, hotword_weight), misses, work, fresh, labels,
-                                                        lengths, acoustic, extra)
+                                                        self._tables(hotwords, hotword_weight, prune_history), misses, work,
+                                                        fresh, labels, lengths, acoustic, extra)
             except SystemError as error:  # Ctrl-C while Numba boxed the search's state: say what it was
                 if _interrupted(error):
                     raise KeyboardInterrupt from None
                 raise
             fresh = False
-            if not missed:
-                if work is None:
-                    return [(labels[r, :lengths[r]].tolist(), float(acoustic[r]), float(extra[r])) for r in range(found)]
-                continue  # a pause between chunks of frames: Python answers Ctrl-C here
-            try:
-                self._score_pairs(misses[:min(missed, _MAX_MISSES)])
-            except _CacheFull:  # the state ids change: start again
-                self._reset_cache()
-                t, fresh = 0, True
+            if self._host_error is not None:  # raised while scoring: Ctrl-C, or the model failed
+                error, self._host_error = self._host_error, None
+                raise error
+            if self._restart:  # the cache was emptied: its state ids changed
+                t, fresh, self._restart = 0, True, False
+            elif work is None:
+                rows = labels[:found].tolist()
+                return list(zip([row[:n] for row, n in zip(rows, lengths[:found].tolist())], acoustic[:found].tolist(),
+                                extra[:found].tolist()))
+            # else a pause between chunks of frames (Python answers Ctrl-C here), or new tables
+
+    def _host_address(self) -> int:
+        """The address of this decoder's :meth:`_on_misses` as a C function for the search."""
+        if self._host is None:
+            self._host = _HOST_FUNCTION(self._on_misses)
+        return ctypes.cast(self._host, ctypes.c_void_p).value
+
+    def _on_misses(self, count: int) -> int:
+        """Called by the search (in C, holding the GIL): score the first ``count`` pairs of the
+        search's ``misses`` into the cache. Returns 0 when they were added in place, 1 when
+        the cache had to grow or be emptied, or when an error (kept for :meth:`_search` to
+        raise: a C callback cannot) stopped it."""
+        try:
+            return int(self._score_pairs(self._misses[:count]))
+        except _CacheFull:
+            self._reset_cache()
+            self._restart = True
+        except BaseException as error:  # noqa: B036 -- Ctrl-C included: raised again once the search returns
+            self._host_error = error
+        return 1
 
     def _text(self, labels) -> str:
         """The words of a label sequence, one space between them."""
@@ -331,6 +363,17 @@ class CTCDecoder:
         return out
 
     def _options(self, beam_width, beam_prune_logp, token_min_logp, hotwords, hotword_weight):
+        key = (beam_width, beam_prune_logp, token_min_logp, hotword_weight)
+        key = (key, tuple(map(type, key)))
+        last = self._checked_options  # (key, checked): one attribute, so that threads read a consistent pair
+        if hotwords is None and last is not None and last[0] == key:
+            return last[1]  # the options of the last call, again: a decoder is mostly called with the same ones
+        checked = self._check_options(beam_width, beam_prune_logp, token_min_logp, hotwords, hotword_weight)
+        if hotwords is None:
+            self._checked_options = (key, checked)
+        return checked
+
+    def _check_options(self, beam_width, beam_prune_logp, token_min_logp, hotwords, hotword_weight):
         beam_width = _decode._positive_int(beam_width, "beam_width")
         beam_prune_logp = _decode._real(beam_prune_logp, "beam_prune_logp", high=0.0, meaning=" (a margin below the best beam)")
         token_min_logp = _decode._real(token_min_logp, "token_min_logp")
@@ -354,15 +397,19 @@ class CTCDecoder:
         they are). ``beam_width`` beams are kept after each frame, those more than
         ``-beam_prune_logp`` below the best dropped; at a frame only labels with a
         log-prob of at least ``token_min_logp`` (or the most probable label) extend a beam.
-        ``prune_history`` is accepted for pyctcdecode's signature and has no effect.
+        ``prune_history``: after each frame, drop a beam when a better one has the same
+        language-model state, last label and unfinished word (as pyctcdecode, which
+        compares the last ``order - 1`` words instead of the state): faster, fewer distinct
+        hypotheses among the beams; only with a language model.
         """
-        del prune_history
+        prune_history = _flag(prune_history, "prune_history")
         log_probs = self._log_probs(logits)
         beam_width, beam_prune_logp, token_min_logp, hotwords, hotword_weight = self._options(
             beam_width, beam_prune_logp, token_min_logp, hotwords, hotword_weight)
         _decode._check_work(1, log_probs.shape[0], log_probs.shape[1], beam_width, beam_width, False)
         with self._lock:  # the score cache is shared: one search at a time per decoder
-            found = self._search(log_probs, beam_width, beam_prune_logp, token_min_logp, hotwords, hotword_weight)
+            found = self._search(log_probs, beam_width, beam_prune_logp, token_min_logp, hotwords, hotword_weight,
+                                 prune_history)
         merged, order = {}, []
         for labels, acoustic, extra in found:
             text = self._text(labels)
@@ -394,7 +441,7 @@ class CTCDecoder:
 
     def decode(self, logits, beam_width=100, beam_prune_logp=-10.0, token_min_logp=-5.0, hotwords=None, hotword_weight=10.0):
         """The best hypothesis's text: see :meth:`decode_beams`."""
-        return self.decode_beams(logits, beam_width, beam_prune_logp, token_min_logp, False, hotwords, hotword_weight,
+        return self.decode_beams(logits, beam_width, beam_prune_logp, token_min_logp, _DECODE_PRUNES, hotwords, hotword_weight,
                                  _frames=False)[0][0]
 
     def decode_batch(self, pool, logits_list, beam_width=100, beam_prune_logp=-10.0, token_min_logp=-5.0, hotwords=None,
@@ -416,6 +463,8 @@ class CTCDecoder:
 
     def _map(self, pool, method, logits_list, options):
         self._options(*options[:3], *options[-2:])
+        if len(options) == 6:
+            _flag(options[3], "prune_history")
         if pool is None:
             return [getattr(self, method)(logits, *options) for logits in logits_list]
         logits_list = list(logits_list)
@@ -425,6 +474,12 @@ class CTCDecoder:
         for i, result in zip(missing, again):
             results[i] = result
         return results
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
 
 
 class _CacheFull(Exception):

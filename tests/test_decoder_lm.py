@@ -162,7 +162,7 @@ def test_without_language_model_the_search_is_ctckit_beam_search(seed):
     decoder = D.build_ctcdecoder(labels, alpha=0.0, beta=0.0)
     log_probs = decoder._log_probs(x)
     width = int(rng.choice([1, 3, 8]))
-    ours = decoder._search(log_probs, width, -12.0, -6.0, (), 10.0)
+    ours = decoder._search(log_probs, width, -12.0, -6.0, (), 10.0, False)
     theirs = ctckit.numpy.beam_search(log_probs, beam_width=width, top_k=width, token_min_log_prob=-6.0, beam_prune_log_prob=-12.0)
     assert [labels for labels, _, _ in ours] == [labels for labels, _ in theirs]
     np.testing.assert_allclose([a for _, a, _ in ours], [s for _, s in theirs], rtol=0, atol=1e-12)
@@ -183,7 +183,7 @@ def test_language_model_with_zero_weights_changes_nothing(arpa):
     for _ in range(3):
         x = rng.normal(0.0, 3.0, (12, len(LABELS)))
         x[:, 1] += 2.0  # spaces, so that words end and the model is asked
-        assert silent._search(silent._log_probs(x), 8, -20.0, -8.0, (), 10.0) == plain._search(plain._log_probs(x), 8, -20.0, -8.0, (), 10.0)
+        assert silent._search(silent._log_probs(x), 8, -20.0, -8.0, (), 10.0, False) == plain._search(plain._log_probs(x), 8, -20.0, -8.0, (), 10.0, False)
     assert silent._cached > 0
 
 
@@ -230,13 +230,67 @@ def test_word_pieces(arpa):
     assert frames[1] == ("cat", (2, 5))
 
 
+def test_prune_history_keeps_the_better_of_beams_the_model_cannot_tell_apart(lm_decoder):
+    # 'hat' and 'mat' equally likely: after 'sat' both beams have the bigram state ('sat',)
+    x, _ = render("the hat sat on the mat", confusions={4: ("m", 0.0)})
+    texts = [beam[0] for beam in lm_decoder.decode_beams(x)]
+    assert {"the hat sat on the mat", "the mat sat on the mat"} <= set(texts)
+    pruned = lm_decoder.decode_beams(x, prune_history=True)
+    pruned_texts = [beam[0] for beam in pruned]
+    assert len({"the hat sat on the mat", "the mat sat on the mat"} & set(pruned_texts)) == 1
+    assert pruned_texts[0] == texts[0] and set(pruned_texts) < set(texts)
+    assert lm_decoder.decode(x) == pruned_texts[0]  # decode prunes, as pyctcdecode's does
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_prune_history_keeps_a_subset_and_the_best(lm_decoder, seed):
+    """Pruning drops beams and never invents one; the best hypothesis survives it."""
+    x, _ = render(" ".join(sentences(1, seed)[0]), noise=1.2, seed=seed)
+    full, pruned = lm_decoder.decode_beams(x, beam_width=32), lm_decoder.decode_beams(x, beam_width=32, prune_history=True)
+    assert {b[0] for b in pruned} <= {b[0] for b in full} and pruned[0][0] == full[0][0]
+    states = {b[0]: b[1] for b in full}
+    assert all(b[1] == states[b[0]] for b in pruned)
+
+
+def test_prune_history_with_word_pieces(arpa):
+    labels = ["", "▁the", "▁c", "▁m", "at", "▁sat", "▁on", "▁x", "▁h"]
+    decoder = D.build_ctcdecoder(labels, str(arpa), lm_backend="builtin")
+    pieces = [1, 8, 4, 5, 6, 1, 3, 4]  # the hat sat on the mat
+    x = np.full((2 * len(pieces), len(labels)), -8.0)
+    for i, piece in enumerate(pieces):
+        x[2 * i, piece], x[2 * i + 1, 0] = 0.0, 0.0
+    x[2, 3] = 0.0  # '▁m' as likely as '▁h'
+    texts = [b[0] for b in decoder.decode_beams(x)]
+    pruned = [b[0] for b in decoder.decode_beams(x, prune_history=True)]
+    assert {"the hat sat on the mat", "the mat sat on the mat"} <= set(texts)
+    assert len({"the hat sat on the mat", "the mat sat on the mat"} & set(pruned)) == 1 and pruned[0] == texts[0]
+
+
 def test_results_do_not_depend_on_the_score_cache(arpa, lm_decoder, monkeypatch):
     inputs = [render(text, noise=0.8, seed=i)[0] for i, text in enumerate(["the cat sat on a mat", "a big dog ran", "the red hat"])]
     first = [lm_decoder.decode_beams(x) for x in inputs]
     assert [lm_decoder.decode_beams(x) for x in inputs] == first
+    monkeypatch.setattr(D, "_FIRST_CACHE_SLOTS", 2)  # the cache grows in the middle of searches
+    grows = D.build_ctcdecoder(LABELS, str(arpa), lm_backend="builtin")
+    assert [grows.decode_beams(x) for x in inputs] == first and grows._cache[0].size > 8
     monkeypatch.setattr(D, "MAX_CACHED_SCORES", 16)  # the cache is emptied again and again
     fresh = D.build_ctcdecoder(LABELS, str(arpa), lm_backend="builtin")
     assert [fresh.decode_beams(x) for x in inputs] == first
+
+
+def test_an_error_of_the_model_during_a_search_reaches_the_caller(arpa, monkeypatch):
+    decoder = D.build_ctcdecoder(LABELS, str(arpa), lm_backend="builtin")
+    x, _ = render("the cat sat on the mat", noise=0.3)
+    expected = D.build_ctcdecoder(LABELS, str(arpa), lm_backend="builtin").decode(x)
+
+    def broken(state, word):
+        raise RuntimeError("the model is gone")
+
+    monkeypatch.setattr(decoder.language_model, "score", broken)
+    with pytest.raises(RuntimeError, match="the model is gone"):  # raised inside the search's call back
+        decoder.decode(x)
+    monkeypatch.undo()
+    assert decoder.decode(x) == expected
 
 
 def test_pickle_and_fork_pool_give_the_same_results(arpa, lm_decoder):
@@ -282,10 +336,21 @@ def test_unnormalised_logits_are_normalised(lm_decoder):
     (lambda d: d.decode(np.zeros((3, len(LABELS))), hotwords=[1]), TypeError, r"hotwords\[0\]"),
     (lambda d: d.decode(np.zeros((3, len(LABELS))), hotword_weight=float("inf")), CTCInputError, "hotword_weight"),
     (lambda d: d.decode_batch(None, [np.zeros((3, len(LABELS)))], beam_width=-1), CTCInputError, "beam_width"),
+    (lambda d: d.decode_beams(np.zeros((3, len(LABELS))), prune_history="yes"), TypeError, "prune_history"),
+    (lambda d: d.decode_beams_batch(None, [np.zeros((3, len(LABELS)))], prune_history=1), TypeError, "prune_history"),
 ])
 def test_bad_decode_arguments(lm_decoder, call, error, match):
     with pytest.raises(error, match=match):
         call(lm_decoder)
+
+
+def test_options_checked_once_are_not_trusted_for_other_types(lm_decoder):
+    x = np.zeros((3, len(LABELS)))
+    lm_decoder.decode(x, beam_width=8, beam_prune_logp=-10.0)
+    with pytest.raises(TypeError, match="beam_width"):
+        lm_decoder.decode(x, beam_width=8.0, beam_prune_logp=-10.0)  # equal to the last one, but a float
+    with pytest.raises(CTCInputError, match="beam_prune_logp"):
+        lm_decoder.decode(x, beam_width=8, beam_prune_logp=float("nan"))
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -173,6 +173,22 @@ def call_compiled(typingctx, result, address, arguments):
     return return_type(result, address, arguments), codegen
 
 
+@intrinsic
+def call_host(typingctx, address, count):
+    """``function(count)`` for the C function ``int64 function(int64)`` at ``address``: a
+    ctypes callback into Python, which takes the GIL itself (a kernel may run without it).
+    It cannot raise: Python errors must come back as its result."""
+    if not (isinstance(address, types.Integer) and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        word = ir.IntType(64)
+        function = builder.inttoptr(args[0], ir.FunctionType(word, [word]).as_pointer())
+        return builder.call(function, [context.cast(builder, args[1], sig.args[1], types.int64)])
+
+    return types.int64(address, count), codegen
+
+
 def _load_first(context, builder, array_type, array_value):
     """LLVM: ``array[0]`` read with an atomic (monotonic) load."""
     array = context.make_array(array_type)(context, builder, array_value)
@@ -234,3 +250,8 @@ if config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1, used to check the k
     def is_set(flag):
         """Whether ``flag[0]`` is nonzero."""
         return bool(flag[0])
+
+    def call_host(address, count):
+        """The C function at ``address`` called through ctypes."""
+        import ctypes
+        return ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)(int(address))(int(count))

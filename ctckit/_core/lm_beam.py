@@ -21,9 +21,13 @@ Words are tracked through two tries of characters (the lexicon's and the hotword
 an open-addressing table ``node * K + char -> child``. Language-model scores come from a
 cache table ``state * W + word -> (score, next state)`` (``W`` = lexicon size + 2: word
 ``W - 2`` is any word outside the lexicon, ``W - 1`` the end of sentence) that the host
-fills: at the first frame whose candidates need a pair the cache lacks, the search writes
-the missing pairs to ``misses`` and returns its state before that frame; the host scores
-them and calls again from that frame. Every score the search uses is exact.
+fills: at a frame whose candidates need pairs the cache lacks, the search writes them to
+``misses`` and calls the host (a C function at the address ``tables[13][5]``, ``int64
+host(count)``: a ctypes callback into Python, without returning there), which adds the
+scores of the first ``count`` pairs of ``misses`` to the table in place and returns 0; the
+frame then starts again. A host that had to replace the tables (a larger cache, or an
+emptied one) returns 1, and the search returns to be called again with them. Every score
+the search uses is exact.
 
 Per frame the cost is that of :mod:`ctckit._core.beam` plus, per candidate, two trie
 steps (and a cache probe where a word ends); a language model usually leaves few beams
@@ -39,6 +43,8 @@ from numba import njit
 
 from .beam import _EMPTY, _compact, _grown, _candidate_labels, _probe, _ranked, _rehashed
 from .config import HOT, INLINE, NJIT
+from .intrinsics import call_host
+from .vexp import vexp_shifted
 from .loss.trellis import _logaddexp as _lae
 
 _NEG_INF = -np.inf
@@ -103,6 +109,60 @@ def _extend(state, score, vnode, hnode, length, label, tables, misses, miss_coun
     return state, score, vnode, hnode, length, extra, miss_count
 
 
+@njit(**INLINE)
+def _same_partial_word(a, b, n_length, last, parent, kind):
+    """Whether prefix-trie nodes ``a`` and ``b`` end in the same unfinished word: the same
+    labels since the word began (stricter than the same text)."""
+    while a != b:
+        if n_length[a] != n_length[b] or last[a] != last[b]:
+            return False
+        if n_length[a] == 0 or kind[last[a]] != 0:  # both words begin (or end) here
+            return True
+        a, b = parent[a], parent[b]
+    return True
+
+
+@njit(**INLINE)
+def _prune_history(stamp, kept, new_node, cand_from, cand_label, n_state, last, n_length, n_vnode, parent, kind, seen_slot,
+                   seen_hash, seen_frame):
+    """pyctcdecode's ``prune_history`` on the ranked new beams ``0 .. kept - 1``: keep a beam
+    only if no better one has the same language-model state, last label and unfinished
+    word (the language model and the lexicon then score both the same from here on).
+    Returns the number kept, compacted in order; ``seen_*`` is a table of
+    ``seen_slot.shape[0]`` (a power of two, at least ``2 * kept``) slots, those whose
+    ``seen_frame`` is not ``stamp`` empty. Beams with different hashes of the state, the
+    last label, the word's length and its lexicon node differ; others are compared."""
+    start = n_state[0]  # the empty prefix's: beams still in their first word cannot share a history
+    later = 0
+    for r in range(kept):
+        later += n_state[new_node[r]] != start
+    if later < 2:
+        return kept
+    mask = np.uint64(seen_slot.shape[0] - 1)
+    out = 0
+    for r in range(kept):
+        node = new_node[r]
+        h = (np.uint64(n_state[node]) * np.uint64(0x9E3779B97F4A7C15)
+             + np.uint64(last[node] + 1) * np.uint64(0xC2B2AE3D27D4EB4F)
+             + np.uint64(n_vnode[node] + 1) * np.uint64(0x165667B19E3779F9) + np.uint64(n_length[node]))
+        h ^= h >> np.uint64(29)
+        slot = h & mask
+        duplicate = False
+        while seen_frame[slot] == stamp:
+            other = new_node[seen_slot[slot]]
+            if seen_hash[slot] == h and n_state[other] == n_state[node] and \
+                    _same_partial_word(other, node, n_length, last, parent, kind):
+                duplicate = True
+                break
+            slot = (slot + np.uint64(1)) & mask
+        if duplicate:
+            continue
+        new_node[out], cand_from[out], cand_label[out] = node, cand_from[r], cand_label[r]
+        seen_frame[slot], seen_slot[slot], seen_hash[slot] = stamp, out, h
+        out += 1
+    return out
+
+
 @njit(**NJIT)
 def lm_beam_start(beam_width, start_state):
     """The search's state before the first frame: the trie of prefixes (node 0 the empty
@@ -130,21 +190,27 @@ def lm_beam_start(beam_width, start_state):
 def lm_beam_search(log_probs, start, stop, blank, beam_width, token_min_log_prob, beam_prune_log_prob, tables, misses, work,
                    fresh, out_labels, out_lengths, out_acoustic, out_extra):
     """:func:`lm_beam_run` over frames ``start`` to ``stop`` (from a new state if ``fresh``),
-    then, at the last frame with no score missing, :func:`lm_beam_finish`. Returns ``(t,
-    beams, misses, work)``: a call that returns misses goes on from frame ``t`` with ``work``
-    once they are scored, one that stopped at ``stop`` before the last frame goes on from
-    there; a finished call returns ``work`` as ``None`` (a tuple of arrays costs
-    microseconds to hand back to Python)."""
+    then, at the last frame, :func:`lm_beam_finish`. Returns ``(t, beams, missed, work)``:
+    ``missed = -1`` when the host replaced the tables (call again from frame ``t`` with
+    ``work`` and the new tables); ``work`` ``None`` when the search is done (a tuple of arrays
+    costs microseconds to hand back to Python), else the state to go on from ``t``."""
     if fresh:
         work = lm_beam_start(beam_width, 0)  # state 0: the start of a sentence
     t, missed, work = lm_beam_run(log_probs, start, stop, blank, beam_width, token_min_log_prob, beam_prune_log_prob,
                                   tables, misses, work)
-    if missed or t < log_probs.shape[0]:
-        return t, 0, missed, work
+    while missed:  # the host scores the pairs frame t needs, and the search goes on from t
+        if call_host(tables[13][5], min(missed, misses.shape[0])) != 0:
+            return t, 0, -1, work
+        t, missed, work = lm_beam_run(log_probs, t, stop, blank, beam_width, token_min_log_prob, beam_prune_log_prob,
+                                      tables, misses, work)
+    if t < log_probs.shape[0]:
+        return t, 0, 0, work
     found, missed = lm_beam_finish(tables, misses, work, out_labels, out_lengths, out_acoustic, out_extra)
-    if missed:
-        return t, found, missed, work
-    return t, found, missed, None
+    while missed:
+        if call_host(tables[13][5], min(missed, misses.shape[0])) != 0:
+            return t, found, -1, work
+        found, missed = lm_beam_finish(tables, misses, work, out_labels, out_lengths, out_acoustic, out_extra)
+    return t, found, 0, None
 
 
 @njit(**HOT)
@@ -153,6 +219,7 @@ def log_softmax_rows(array):
     it holds NaN or ``+inf`` (or a row of ``-inf`` only, ``c = -1``), else ``(-1, -1)``."""
     frames, classes = array.shape
     out = np.empty_like(array)
+    exps = np.empty(classes)
     for t in range(frames):
         top = _NEG_INF
         for c in range(classes):
@@ -162,9 +229,10 @@ def log_softmax_rows(array):
             top = max(top, v)
         if top == _NEG_INF:
             return out, t, -1
+        vexp_shifted(array[t], top, exps)
         total = 0.0
         for c in range(classes):
-            total += np.exp(array[t, c] - top)
+            total += exps[c]
         shift = top + np.log(total)
         for c in range(classes):
             out[t, c] = array[t, c] - shift
@@ -174,10 +242,10 @@ def log_softmax_rows(array):
 @njit(**NJIT)
 def lm_beam_run(log_probs, start, stop, blank, beam_width, token_min_log_prob, beam_prune_log_prob, tables, misses, work):
     """Frames ``start`` to ``stop - 1`` of the search of one item, ``log_probs`` (T, C)
-    float64, from the state ``work`` (:func:`lm_beam_start`). Returns ``(t, misses, work)``:
-    at the first frame ``t`` whose candidates need a language-model score that the cache
+    float64, from the state ``work`` (:func:`lm_beam_start`). Returns ``(t, missed, work)``:
+    at the first frame ``t`` whose candidates need language-model scores that the cache
     lacks, before changing anything, with the missing pairs in ``misses``; else ``(stop,
-    0, work)``. The host scores the pairs and calls again from ``t``."""
+    0, work)``."""
     frames, classes = log_probs.shape
     parent, last, beam_of, n_state, n_score, n_vnode, n_hnode, n_length, n_extra, child_key, child_node, beam_node, \
         beam_b, beam_nb, counts = work
@@ -200,6 +268,13 @@ def lm_beam_run(log_probs, start, stop, blank, beam_width, token_min_log_prob, b
     miss_count = 0
     lp3 = log_probs.reshape(frames, 1, classes)
     kind = tables[0]
+    prune = tables[13][2] != 0 and tables[13][4] != 0
+    seen_size = 16
+    while seen_size < 2 * beam_width:
+        seen_size *= 2
+    seen_slot = np.empty(seen_size, dtype=np.int64)
+    seen_hash = np.empty(seen_size, dtype=np.uint64)
+    seen_frame = np.zeros(seen_size, dtype=np.int64)
     # what a partial word can add to a prefix's completed-word score: the hotword bonus
     # (a trie with at least one edge), or a positive unk_score_offset (unbounded)
     headroom = max(0.0, tables[14][1]) if tables[6].shape[0] > 0 else 0.0
@@ -279,7 +354,7 @@ def lm_beam_run(log_probs, start, stop, blank, beam_width, token_min_log_prob, b
                 beam_of[beam_node[i]] = -1
             counts[0], counts[1] = nodes, beams
             return t, miss_count, (parent, last, beam_of, n_state, n_score, n_vnode, n_hnode, n_length, n_extra, child_key,
-                                   child_node, beam_node, beam_b, beam_nb, counts)
+                           child_node, beam_node, beam_b, beam_nb, counts)
         if size > beam_width:
             _compact(cand_total, cand_from, cand_label, size, beam_width, scratch)
             size = beam_width
@@ -313,6 +388,9 @@ def lm_beam_run(log_probs, start, stop, blank, beam_width, token_min_log_prob, b
                         misses, miss_count)
             new_node[r] = nodes
             nodes += 1
+        if prune:
+            kept = _prune_history(t + 1, kept, new_node, cand_from, cand_label, n_state, last, n_length, n_vnode, parent,
+                                  kind, seen_slot, seen_hash, seen_frame)
         for r in range(kept):  # a new prefix's acoustic score, computed again exactly as when it was a candidate
             if cand_label[r] >= 0:
                 i = cand_from[r]
@@ -337,7 +415,8 @@ def lm_beam_finish(tables, misses, work, out_labels, out_lengths, out_acoustic, 
     """The final beams of a search (:func:`lm_beam_run` done), best first, into ``out_labels``
     (beam_width, >= T), ``out_lengths``, ``out_acoustic`` (``log(p_b + p_nb)``) and
     ``out_extra`` (word scores with the last word completed and, if ``use_lm``,
-    ``</s>``); returns ``(beams, misses)`` (with misses, the host scores them and calls again)."""
+    ``</s>``); returns ``(beams, misses)`` (with misses, :func:`lm_beam_search` asks the host
+    and calls again)."""
     parent, last, _, n_state, n_score, n_vnode, n_hnode, n_length, _, _, _, beam_node, beam_b, beam_nb, counts = work
     n_words, use_lm, use_eos = tables[13][1], tables[13][2], tables[13][3]
     c_keys, c_score = tables[10], tables[11]
