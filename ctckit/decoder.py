@@ -216,27 +216,27 @@ class CTCDecoder:
         """Score the missing ``state * W + word`` pairs with the model and cache them, with
         ``</s>`` after each new state (the end of a line needs it). Returns whether the
         cache's arrays were replaced by larger ones."""
-        W, model, alpha, beta = len(self.words) + 2, self.language_model, self.alpha, self.beta
-        entries, ended = {}, self._ended
-        for key in sorted(set(keys.tolist())):
+        W, model, scale, beta = len(self.words) + 2, self.language_model, self.alpha * _LN10, self.beta
+        states, ended, boundary = self._states, self._ended, self.lm_score_boundary
+        entries = []  # (key, score, next state)
+        for key in dict.fromkeys(keys.tolist()):  # each once, in the search's order
             state_id, word = divmod(key, W)
             if word == W - 1:  # </s>
-                entries[key] = (alpha * _LN10 * model.score(self._states[state_id], "</s>")[0], state_id)
+                entries.append((key, scale * model.score(states[state_id], "</s>")[0], state_id))
                 ended.add(state_id)
                 continue
-            log10, following = model.score(self._states[state_id], self.words[word] if word < W - 2 else "<unk>")
+            log10, following = model.score(states[state_id], self.words[word] if word < W - 2 else "<unk>")
             if word == W - 2:
                 log10 += self.unk_score_offset
             following = self._state_id(following)
-            entries[key] = (alpha * _LN10 * log10 + beta, following)
-            if self.lm_score_boundary and following not in ended:
+            entries.append((key, scale * log10 + beta, following))
+            if boundary and following not in ended:
                 ended.add(following)
-                entries[following * W + W - 1] = (alpha * _LN10 * model.score(self._states[following], "</s>")[0], following)
+                entries.append((following * W + W - 1, scale * model.score(states[following], "</s>")[0], following))
         if self._cached + len(entries) > MAX_CACHED_SCORES:
             raise _CacheFull
-        keys = np.fromiter(entries.keys(), np.int64, len(entries))
-        scores = np.array([score for score, _ in entries.values()])
-        nexts = np.array([following for _, following in entries.values()], dtype=np.int64)
+        keys, scores, nexts = zip(*entries)
+        keys, scores, nexts = np.array(keys, dtype=np.int64), np.array(scores), np.array(nexts, dtype=np.int64)
         table, grown = self._cache, False
         if 2 * (self._cached + keys.size) > table[0].size:
             size = table[0].size
