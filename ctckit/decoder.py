@@ -131,6 +131,7 @@ def _alphabet(labels):
 
 
 _DECODE_PRUNES = True
+"""``decode`` prunes history, as pyctcdecode's does (its docstring: only the top beam is used)."""
 
 
 class CTCDecoder:
@@ -440,7 +441,8 @@ class CTCDecoder:
         return state
 
     def decode(self, logits, beam_width=100, beam_prune_logp=-10.0, token_min_logp=-5.0, hotwords=None, hotword_weight=10.0):
-        """The best hypothesis's text: see :meth:`decode_beams`."""
+        """The best hypothesis's text: see :meth:`decode_beams` (with ``prune_history``, as
+        pyctcdecode's ``decode``: only the best beam is returned)."""
         return self.decode_beams(logits, beam_width, beam_prune_logp, token_min_logp, _DECODE_PRUNES, hotwords, hotword_weight,
                                  _frames=False)[0][0]
 
@@ -515,7 +517,9 @@ def build_ctcdecoder(labels, kenlm_model_path=None, unigrams=None, alpha=0.5, be
     end; the blank and the repeat of the last label always extend a beam (pyctcdecode
     only when they pass ``token_min_logp``); logits are not clipped at ``log(1e-15)`` and
     probabilities are not detected (pass logs); a trailing separator is not scored as an
-    unknown word; ``prune_history`` is ignored; word frames come from the Viterbi path.
+    unknown word; ``prune_history`` compares beams by their language-model state (the
+    words the model can still see) instead of the last ``order - 1`` words, and does
+    nothing without a model; word frames come from the Viterbi path.
     """
     model = None if kenlm_model_path is None else load_language_model(kenlm_model_path, lm_backend)
     if model is None and unigrams is not None:
