@@ -23,7 +23,6 @@ Importing this module imports neither torch nor kenlm.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import re
 import threading
@@ -33,9 +32,9 @@ import weakref
 import numpy as np
 
 from . import _decode
-from ._core.beam import _EMPTY
-from ._core.lm_beam import cache_insert, lm_beam_search, lm_beam_start, log_softmax_rows, table_insert
+from ._core.lm_beam import lm_beam_search, lm_beam_start, log_softmax_rows, table_insert
 from ._lm import SPECIAL_WORDS, load_language_model
+from ._lm_scores import ScoreCache, empty_table
 from ._words import host_array
 from .errors import CTCInputError
 
@@ -43,23 +42,13 @@ __all__ = ["build_ctcdecoder", "CTCDecoder", "WORD_START"]
 
 WORD_START = "\u2581"
 """``▁``: a word piece that begins with it starts a new word."""
-_LN10 = math.log(10.0)
 _SPECIAL_LABEL = re.compile(r"^[<\[].+[>\]]$")
 _BLANK_LABEL = re.compile(r"^[<\[]pad[>\]]$", re.IGNORECASE)
-MAX_CACHED_SCORES = 1 << 21
-"""The language-model score cache is emptied when it would hold more pairs than this."""
 _MAX_MISSES = 4096
-_FIRST_CACHE_SLOTS = 1024  # the score cache's table doubles when half full
-_HOST_FUNCTION = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
-"""The search's call back for missing language-model scores (see :mod:`ctckit._core.lm_beam`)."""
 SEARCH_CELLS = 1 << 21
 """A search returns to Python after about this many (beam, class) cells of frames (beam 64
 over 28 classes: every 1,170 frames, about 0.1 s), so that Ctrl-C is answered."""
 _LIVE = weakref.WeakValueDictionary()  # this process's decoders by key, which forked pool workers inherit
-
-
-def _table(size: int):
-    return np.full(size, _EMPTY, dtype=np.int64)
 
 
 def _trie(words, codes: dict):
@@ -80,7 +69,7 @@ def _trie(words, codes: dict):
             shortest[node] = min(shortest[node], len(word))
         word_of[node] = index
     size = 1 << max(4, (2 * len(edges)).bit_length())
-    keys, children = _table(size), np.zeros(size, dtype=np.int64)
+    keys, children = empty_table(size), np.zeros(size, dtype=np.int64)
     table_insert(keys, children, np.fromiter(edges.keys(), np.int64, len(edges)), np.fromiter(edges.values(), np.int64, len(edges)))
     return keys, children, np.array(word_of, dtype=np.int64), np.array(shortest, dtype=np.float64)
 
@@ -138,7 +127,7 @@ class CTCDecoder:
     """A beam-search decoder with an optional word language model: see :func:`build_ctcdecoder`.
 
     It keeps the language-model scores it has computed, ``(state, word) -> score``, across
-    calls (at most :data:`MAX_CACHED_SCORES`, then it starts again), so a decoder that is
+    calls (at most :data:`ctckit._lm_scores.MAX_CACHED_SCORES`, then it starts again), so a decoder that is
     reused gets faster. One search runs at a time per decoder (a lock); threads that
     decode at once should each have their own, processes get a copy (fork or pickle)."""
 
@@ -172,84 +161,32 @@ class CTCDecoder:
         self.words = words
         self._lexicon = _trie(words, self._codes)[:3]
         self._key = uuid.uuid4().hex
-        self._fixed = self._blank_work = self._host = self._misses = self._host_error = None
-        self._restart, self._checked_options = False, None
+        self._fixed = self._blank_work = self._checked_options = None
         self._lock = threading.Lock()
-        self._reset_cache()
+        self._new_scores()
         _LIVE[self._key] = self
 
     @property
     def _use_lm(self) -> bool:
         return self.language_model is not None
 
-    def _reset_cache(self) -> None:
-        """Empty the cache of language-model scores ``(state id, word id) -> (score, next id)``."""
-        self._cache = (_table(_FIRST_CACHE_SLOTS), np.zeros(_FIRST_CACHE_SLOTS), np.zeros(_FIRST_CACHE_SLOTS, dtype=np.int64))
-        self._cached = 0
-        self._states, self._state_ids, self._ended = [], {}, set()
-        if self._use_lm:
-            model = self.language_model
-            self._state_id(model.begin_state() if self.lm_score_boundary else model.null_state())
-
-    def _state_id(self, state) -> int:
-        index = self._state_ids.get(state)
-        if index is None:
-            index = self._state_ids[state] = len(self._states)
-            self._states.append(state)
-        return index
+    def _new_scores(self) -> None:
+        """An empty cache of language-model scores (:mod:`ctckit._lm_scores`)."""
+        self._scores = ScoreCache(self.language_model, self.words, self.alpha, self.beta, self.unk_score_offset,
+                                  self.lm_score_boundary)
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for name in ("_cache", "_cached", "_states", "_state_ids", "_ended", "_fixed", "_blank_work", "_lock", "_host",
-                     "_misses", "_host_error", "_restart", "_checked_options"):
+        for name in ("_scores", "_fixed", "_blank_work", "_lock", "_checked_options"):
             del state[name]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._fixed = self._blank_work = self._host = self._misses = self._host_error = None
-        self._restart, self._checked_options = False, None
+        self._fixed = self._blank_work = self._checked_options = None
         self._lock = threading.Lock()
-        self._reset_cache()
+        self._new_scores()
         _LIVE.setdefault(self._key, self)
-
-    def _score_pairs(self, keys: np.ndarray) -> bool:
-        """Score the missing ``state * W + word`` pairs with the model and cache them, with
-        ``</s>`` after each new state (the end of a line needs it). Returns whether the
-        cache's arrays were replaced by larger ones."""
-        W, model, scale, beta = len(self.words) + 2, self.language_model, self.alpha * _LN10, self.beta
-        states, ended, boundary = self._states, self._ended, self.lm_score_boundary
-        entries = []  # (key, score, next state)
-        for key in dict.fromkeys(keys.tolist()):  # each once, in the search's order
-            state_id, word = divmod(key, W)
-            if word == W - 1:  # </s>
-                entries.append((key, scale * model.score(states[state_id], "</s>")[0], state_id))
-                ended.add(state_id)
-                continue
-            log10, following = model.score(states[state_id], self.words[word] if word < W - 2 else "<unk>")
-            if word == W - 2:
-                log10 += self.unk_score_offset
-            following = self._state_id(following)
-            entries.append((key, scale * log10 + beta, following))
-            if boundary and following not in ended:
-                ended.add(following)
-                entries.append((following * W + W - 1, scale * model.score(states[following], "</s>")[0], following))
-        if self._cached + len(entries) > MAX_CACHED_SCORES:
-            raise _CacheFull
-        keys, scores, nexts = zip(*entries)
-        keys, scores, nexts = np.array(keys, dtype=np.int64), np.array(scores), np.array(nexts, dtype=np.int64)
-        table, grown = self._cache, False
-        if 2 * (self._cached + keys.size) > table[0].size:
-            size = table[0].size
-            while 2 * (self._cached + keys.size) > size:
-                size *= 2
-            larger = (_table(size), np.zeros(size), np.zeros(size, dtype=np.int64))
-            used = table[0] != _EMPTY
-            cache_insert(*larger, table[0][used], table[1][used], table[2][used])
-            self._cache, table, grown = larger, larger, True
-        cache_insert(*table, keys, scores, nexts)
-        self._cached += keys.size
-        return grown
 
     def _tables(self, hotwords, hotword_weight, prune_history):
         """The kernel's tables (:mod:`ctckit._core.lm_beam`); the last options' are kept."""
@@ -258,19 +195,20 @@ class CTCDecoder:
             codes = self._codes
             words = sorted({w for phrase in hotwords for w in phrase.split() if all(c in codes for c in w)})
             h_keys, h_child, h_word, h_short = _trie(words, codes) if words else (
-                _table(0), np.zeros(0, np.int64), np.full(1, -1, np.int64), np.ones(1))
+                empty_table(0), np.zeros(0, np.int64), np.full(1, -1, np.int64), np.ones(1))
             sizes = np.array([max(len(codes), 1), len(self.words), int(self._use_lm), int(self.lm_score_boundary),
-                              int(prune_history), self._host_address()], np.int64)
+                              int(prune_history), self._scores.host_address()], np.int64)
             self._fixed = (key, (self._kinds, *self._chars, *self._lexicon, h_keys, h_child, h_short, (h_word >= 0).astype(np.int64)),
                            (sizes, np.array([self.unk_score_offset, hotword_weight])))
-        return (*self._fixed[1], *self._cache, *self._fixed[2])
+        return (*self._fixed[1], *self._scores.table, *self._fixed[2])
 
     def _search(self, log_probs, beam_width, beam_prune_logp, token_min_logp, hotwords, hotword_weight, prune_history):
         """The final beams' label sequences, best first: ``[(labels, acoustic, extra)]``.
         When a frame needs language-model scores the cache lacks, the search calls
-        :meth:`_on_misses` for them and goes on with that frame."""
+        :meth:`.ScoreCache.on_misses` for them and goes on with that frame."""
         frames = log_probs.shape[0]
-        misses = self._misses = np.empty(_MAX_MISSES, dtype=np.int64)
+        scores = self._scores
+        misses = scores.misses = np.empty(_MAX_MISSES, dtype=np.int64)
         labels = np.empty((beam_width, frames), dtype=np.int64)
         lengths, acoustic, extra = np.zeros(beam_width, np.int64), np.zeros(beam_width), np.zeros(beam_width)
         if self._blank_work is None:
@@ -288,36 +226,16 @@ class CTCDecoder:
                     raise KeyboardInterrupt from None
                 raise
             fresh = False
-            if self._host_error is not None:  # raised while scoring: Ctrl-C, or the model failed
-                error, self._host_error = self._host_error, None
+            if scores.error is not None:  # raised while scoring: Ctrl-C, or the model failed
+                error, scores.error = scores.error, None
                 raise error
-            if self._restart:  # the cache was emptied: its state ids changed
-                t, fresh, self._restart = 0, True, False
+            if scores.restart:  # the cache was emptied: its state ids changed
+                t, fresh, scores.restart = 0, True, False
             elif work is None:
                 rows = labels[:found].tolist()
                 return list(zip([row[:n] for row, n in zip(rows, lengths[:found].tolist())], acoustic[:found].tolist(),
                                 extra[:found].tolist()))
             # else a pause between chunks of frames (Python answers Ctrl-C here), or new tables
-
-    def _host_address(self) -> int:
-        """The address of this decoder's :meth:`_on_misses` as a C function for the search."""
-        if self._host is None:
-            self._host = _HOST_FUNCTION(self._on_misses)
-        return ctypes.cast(self._host, ctypes.c_void_p).value
-
-    def _on_misses(self, count: int) -> int:
-        """Called by the search (in C, holding the GIL): score the first ``count`` pairs of the
-        search's ``misses`` into the cache. Returns 0 when they were added in place, 1 when
-        the cache had to grow or be emptied, or when an error (kept for :meth:`_search` to
-        raise: a C callback cannot) stopped it."""
-        try:
-            return int(self._score_pairs(self._misses[:count]))
-        except _CacheFull:
-            self._reset_cache()
-            self._restart = True
-        except BaseException as error:  # noqa: B036 -- Ctrl-C included: raised again once the search returns
-            self._host_error = error
-        return 1
 
     def _text(self, labels) -> str:
         """The words of a label sequence, one space between them."""
@@ -482,10 +400,6 @@ def _flag(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return bool(value)
-
-
-class _CacheFull(Exception):
-    """The score cache would pass :data:`MAX_CACHED_SCORES`."""
 
 
 def _run(key, decoder, method, logits, options):

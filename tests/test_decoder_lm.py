@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import ctckit.numpy
+from ctckit import _lm_scores
 from ctckit import decoder as D
 from ctckit._lm import ArpaLanguageModel, kenlm_available
 from ctckit.errors import CTCInputError
@@ -184,7 +185,7 @@ def test_language_model_with_zero_weights_changes_nothing(arpa):
         x = rng.normal(0.0, 3.0, (12, len(LABELS)))
         x[:, 1] += 2.0  # spaces, so that words end and the model is asked
         assert silent._search(silent._log_probs(x), 8, -20.0, -8.0, (), 10.0, False) == plain._search(plain._log_probs(x), 8, -20.0, -8.0, (), 10.0, False)
-    assert silent._cached > 0
+    assert silent._scores.cached > 0
 
 
 def test_word_frames_cover_each_word(lm_decoder):
@@ -270,10 +271,10 @@ def test_results_do_not_depend_on_the_score_cache(arpa, lm_decoder, monkeypatch)
     inputs = [render(text, noise=0.8, seed=i)[0] for i, text in enumerate(["the cat sat on a mat", "a big dog ran", "the red hat"])]
     first = [lm_decoder.decode_beams(x) for x in inputs]
     assert [lm_decoder.decode_beams(x) for x in inputs] == first
-    monkeypatch.setattr(D, "_FIRST_CACHE_SLOTS", 2)  # the cache grows in the middle of searches
+    monkeypatch.setattr(_lm_scores, "FIRST_SLOTS", 2)  # the cache grows in the middle of searches
     grows = D.build_ctcdecoder(LABELS, str(arpa), lm_backend="builtin")
-    assert [grows.decode_beams(x) for x in inputs] == first and grows._cache[0].size > 8
-    monkeypatch.setattr(D, "MAX_CACHED_SCORES", 16)  # the cache is emptied again and again
+    assert [grows.decode_beams(x) for x in inputs] == first and grows._scores.table[0].size > 8
+    monkeypatch.setattr(_lm_scores, "MAX_CACHED_SCORES", 16)  # the cache is emptied again and again
     fresh = D.build_ctcdecoder(LABELS, str(arpa), lm_backend="builtin")
     assert [fresh.decode_beams(x) for x in inputs] == first
 
