@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _compile_notice  # noqa: F401  (a notice on stderr while a kernel compiles)
-from . import logits_step
+from . import buffers, logits_step
 from .indices import Batch
 from .logits import FORMAT_BFLOAT16, FORMAT_FLOAT, FORMAT_FLOAT16, compact_columns, gather_log_probs, logit_gradient
 from .loss import GRAD_COMPACT, GRAD_DENSE, GRAD_NONE, ctc_loss_batch, scatter_posteriors
@@ -50,7 +50,7 @@ def negative_log_likelihood(log_probs: np.ndarray, batch: Batch, blank: int, *, 
     else:
         scale = np.ascontiguousarray(scale, dtype=np.float64)
     # Uninitialised: the kernel zeroes each item's part in parallel (see ctc_loss_batch).
-    dense = np.empty(log_probs.shape if mode == GRAD_DENSE else (1, 1, 1), dtype=log_probs.dtype)
+    dense = buffers.empty(log_probs.shape if mode == GRAD_DENSE else (1, 1, 1), log_probs.dtype)
     post_shape = compact_shape(frames, batch.targets.shape[0], size) if mode == GRAD_COMPACT else (1, 1)
     post = np.empty(post_shape, dtype=log_probs.dtype)
     ctc_loss_batch(log_probs, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths,
@@ -62,7 +62,7 @@ def negative_log_likelihood(log_probs: np.ndarray, batch: Batch, blank: int, *, 
 def scatter_gradient(post: np.ndarray, batch: Batch, blank: int, scale: np.ndarray, classes: int) -> np.ndarray:
     """The dense gradient of ``sum_n scale[n] * nll[n]`` from compact posteriors."""
     frames = post.shape[0]
-    grad = np.empty((frames, scale.shape[0], classes), dtype=post.dtype)  # zeroed row by row by the kernel
+    grad = buffers.empty((frames, scale.shape[0], classes), post.dtype)  # zeroed row by row by the kernel
     scatter_posteriors(post, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths,
                        blank, np.ascontiguousarray(scale, dtype=np.float64), grad)
     return grad

@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from . import pool
+from . import buffers, pool
 from .config import HOT, INLINE, NJIT, PARALLEL
 from .intrinsics import float_from_bits, is_set, keep_alive, unmanaged
 from .vexp import vexp32_shifted, vexp_shifted
@@ -320,7 +320,7 @@ def gradient_output(shape, batch_major, dtype, out=None):
     frames, size, classes = shape
     layout = (size, frames, classes) if batch_major else (frames, size, classes)
     if out is None:
-        return np.empty(layout, dtype=dtype)
+        return buffers.empty(layout, dtype)
     if out.shape != layout or out.dtype != np.dtype(dtype) or not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError(f"out must be a writeable C-contiguous {np.dtype(dtype)} array of shape {layout}")
     return out
