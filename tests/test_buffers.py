@@ -2,6 +2,9 @@
 and a reused buffer's old contents never reach a result."""
 
 import gc
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -62,6 +65,18 @@ def test_at_most_keep_buffers_wait_and_sizes_must_fit(small_buffers):
     assert all(big.ctypes.data != b.ctypes.data for b in buffers._free.values())
 
 
+def test_buffers_past_max_bytes_are_not_kept(small_buffers, monkeypatch):
+    monkeypatch.setattr(buffers, "MAX_BYTES", 8192)
+    a = buffers.empty((4096,), np.float32)  # 16 KiB: handed out, not kept afterwards
+    del a
+    gc.collect()
+    assert not buffers._free
+    b = buffers.empty((1024,), np.float32)
+    del b
+    gc.collect()
+    assert len(buffers._free) == 1
+
+
 def test_live_arrays_never_overlap_across_threads(small_buffers):
     live, errors = [], []
     lock = threading.Lock()
@@ -113,3 +128,11 @@ def test_a_reused_dirty_buffer_gives_the_same_gradient(small_buffers, logits_pat
         got = gradient()
         np.testing.assert_array_equal(got, expected)
         assert np.all(got[17:, 1] == 0) and np.all(got[9:, 2] == 0)
+
+
+@pytest.mark.parametrize("setting, expected", [("0", 0), ("5", 5), ("1000", 64), ("-3", 0), ("many", 2), ("", 2)])
+def test_the_keep_setting_from_the_environment(setting, expected):
+    code = "from ctckit._core import buffers; print(buffers.KEEP)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "CTCKIT_KEEP_BUFFERS": setting}).stdout
+    assert int(out) == expected

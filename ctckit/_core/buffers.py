@@ -25,7 +25,20 @@ import numpy as np
 
 MIN_BYTES = 8 << 20
 """Smaller arrays come from ``np.empty``: the C library reuses their memory itself."""
-KEEP = max(0, int(os.environ.get("CTCKIT_KEEP_BUFFERS", "2") or 0))
+MAX_BYTES = 1 << 30
+"""Larger arrays' buffers are not kept: a one-off huge call does not hold its memory."""
+
+
+def _keep_setting(default: int = 2) -> int:
+    """``CTCKIT_KEEP_BUFFERS`` as a count from 0 to 64; anything else: ``default`` (as
+    ``CTCKIT_NUM_THREADS`` is read)."""
+    try:
+        return max(0, min(64, int(os.environ.get("CTCKIT_KEEP_BUFFERS", default))))
+    except ValueError:
+        return default
+
+
+KEEP = _keep_setting()
 """How many freed buffers wait for a later call at most."""
 _ALIGN = 64
 _free = {}  # id(buffer) -> buffer
@@ -65,6 +78,8 @@ class _Lease:
 
 def _give_back(buffer: np.ndarray) -> None:
     """Keep ``buffer`` for a later :func:`empty`, the :data:`KEEP` largest at most."""
+    if len(buffer) > MAX_BYTES + _ALIGN:
+        return
     _free[id(buffer)] = buffer
     while len(_free) > KEEP:
         items = list(_free.items())
