@@ -268,7 +268,12 @@ def beam_search_bytes(batch: int, frames: int, classes: int, beam_width: int, to
     results = 8 * batch * top_k * (frames + 2)
     if in_python:
         return results + beam_width * (8 * frames + 400) + 16 * classes
-    nodes = min(1 + frames * beam_width, prefix_count(classes - 1, frames, 1 + frames * beam_width))
+    return _core_search_bytes(results, min(1 + frames * beam_width, prefix_count(classes - 1, frames, 1 + frames * beam_width)),
+                              beam_width, classes)
+
+
+def _core_search_bytes(results: int, nodes: int, beam_width: int, classes: int) -> int:
+    """The core search's bytes (:func:`beam_search_bytes`) with ``nodes`` trie nodes."""
     return results + 160 * nodes + 192 * beam_width + 16 * classes
 
 
@@ -297,9 +302,9 @@ def _hotword_tuples(hotwords, classes: int, blank: int) -> list[tuple]:
 
 def _check_work(size: int, frames: int, classes: int, beam_width: int, top_k: int, in_python: bool) -> None:
     """Refuse a search that could need more than :data:`MAX_BEAM_SEARCH_BYTES`, saying which width fits."""
-    if not in_python and 8 * size * top_k * (frames + 2) + 160 * (1 + frames * beam_width) + 192 * beam_width + 16 * classes \
-            <= MAX_BEAM_SEARCH_BYTES:  # fits with every kept prefix a node: no need to count the prefixes
-        return
+    if not in_python and _core_search_bytes(8 * size * top_k * (frames + 2), 1 + frames * beam_width, beam_width,
+                                            classes) <= MAX_BEAM_SEARCH_BYTES:
+        return  # fits with every kept prefix a node: no need to count the prefixes
     need = beam_search_bytes(size, frames, classes, beam_width, top_k, in_python)
     if need <= MAX_BEAM_SEARCH_BYTES:
         return
