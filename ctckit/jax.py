@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _core, _jax_ffi
-from ._core.pool import own_threads
 from ._inputs import check_blank, check_shapes, check_values
 from .errors import CTCInputError
 
@@ -184,9 +183,7 @@ def _ffi_forward(inputs, outputs):
     (values, xla_dtype), (logit_paddings, _), (labels, _), (label_paddings, _), (blank, _) = inputs
     fmt = {_jax_ffi.FLOAT16: _core.FORMAT_FLOAT16, _jax_ffi.BFLOAT16: _core.FORMAT_BFLOAT16}.get(xla_dtype, _core.FORMAT_FLOAT)
     grad_out = outputs[1][0] if len(outputs) > 1 else None
-    with own_threads():  # XLA's threads spin meanwhile (see own_threads)
-        _forward_into(values, fmt, logit_paddings, labels, label_paddings, int(blank.reshape(-1)[0]), outputs[0][0],
-                      grad_out)
+    _forward_into(values, fmt, logit_paddings, labels, label_paddings, int(blank.reshape(-1)[0]), outputs[0][0], grad_out)
 
 
 def _callback_forward(bits, logit_paddings, labels, label_paddings, *, blank, dtype_name, need_grad):

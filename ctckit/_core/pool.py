@@ -37,7 +37,6 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -89,44 +88,50 @@ def _openmp_allowed(threads: int) -> bool:
     if _forked or threads < 2:
         return False
     if not _openmp_checked:
-        import numba
-
         with _state_lock:
             if not _openmp_checked:
-                try:  # load the layer as Numba's first parallel launch would, without compiling a kernel (0.24 s)
-                    from numba.np.ufunc.parallel import _launch_threads
-
-                    _launch_threads()
-                    layer = numba.threading_layer()
-                except Exception:  # none loadable, or another Numba: ctckit's own threads always work
-                    layer = None
-                # one Numba thread (NUMBA_NUM_THREADS=1): the layer would add its launch for nothing
-                _openmp_checked = (layer in ("omp", "tbb") and numba.config.NUMBA_NUM_THREADS > 1) or None
+                _openmp_checked = _load_openmp() or None
     if _openmp_checked is None:
         return False
-    import numba
-
-    if numba.get_num_threads() != min(threads, numba.config.NUMBA_NUM_THREADS):
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    wanted = min(threads, _numba_threads)
+    if _layer.get_num_threads() != wanted:  # per calling thread, as Numba keeps it
+        _layer.set_num_threads(wanted)
     return True
 
 
-_local = threading.local()
+class _Layer:
+    """Numba's threading layer through its native entry points, bound once it is loaded:
+    ``numba.get_num_threads`` and ``numba.set_parallel_chunksize`` take a process-wide lock
+    and check the layer at every call (6 of them, about 10 us, in each short call)."""
+
+    def __init__(self, parallel):
+        self.get_num_threads = parallel._get_num_threads
+        self.set_num_threads = parallel._set_num_threads
+        self.get_chunksize = parallel._get_parallel_chunksize
+        self.set_chunksize = parallel._set_parallel_chunksize
 
 
-@contextmanager
-def own_threads():
-    """Within: calls of this thread run on ctckit's threads, never on Numba's OpenMP layer:
-    for kernels called from inside another runtime's computation (an XLA FFI handler), whose
-    own worker threads spin on the cores meanwhile. Numba's OpenMP drivers split a batch in
-    fixed halves, and one preempted half held docs' 0.4 ms call up for 16-24 ms (a time
-    slice); ctckit's threads take chunks as they come free."""
-    previous = getattr(_local, "own_threads", False)
-    _local.own_threads = True
+_layer: _Layer | None = None
+_numba_threads = 1
+
+
+def _load_openmp() -> bool:
+    """Load the layer as Numba's first parallel launch would, without compiling a kernel
+    (0.24 s); whether it is one that ctckit may use (see :func:`_openmp_allowed`)."""
+    global _layer, _numba_threads
+    import numba
+
     try:
-        yield
-    finally:
-        _local.own_threads = previous
+        from numba.np.ufunc import parallel
+
+        parallel._launch_threads()
+        layer = numba.threading_layer()
+        bound = _Layer(parallel)
+    except Exception:  # none loadable, or another Numba: ctckit's own threads always work
+        return False
+    _layer, _numba_threads = bound, numba.config.NUMBA_NUM_THREADS
+    # one Numba thread (NUMBA_NUM_THREADS=1): the layer would add its launch for nothing
+    return layer in ("omp", "tbb") and _numba_threads > 1
 
 
 def _reset_after_fork() -> None:
@@ -234,14 +239,11 @@ def _one_at_a_time(together: Callable[[], None]) -> None:
     workers preempt (torch's OpenMP pool, XLA's) then holds up one item, not half the
     batch for a whole time slice (bpe5k's fused step: 67 ms with static halves next to
     torch and XLA calls, 26 ms alone). Which thread takes an item never changes its bits."""
-    import numba
-
-    chunk = numba.get_parallel_chunksize()
-    numba.set_parallel_chunksize(1)
+    chunk = _layer.set_chunksize(1)  # the calling thread's setting; returns the previous one
     try:
         together()
     finally:
-        numba.set_parallel_chunksize(chunk)
+        _layer.set_chunksize(chunk)
 
 
 def run(task: Task, costs: np.ndarray, together: Callable[[], None] | None = None) -> None:
@@ -256,8 +258,7 @@ def run(task: Task, costs: np.ndarray, together: Callable[[], None] | None = Non
         return
     threads = get_num_threads()
     total = float(costs.sum())
-    if together is not None and total <= OPENMP_COST and not getattr(_local, "own_threads", False) \
-            and _openmp_allowed(threads):
+    if together is not None and total <= OPENMP_COST and _openmp_allowed(threads):
         _one_at_a_time(together)
         return
     if total <= SERIAL_COST or (threads == 1 or size == 1) and total <= CALLER_CHUNK_COST:
