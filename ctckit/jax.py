@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _core, _jax_ffi
+from ._fenv import ieee_floats
 from ._inputs import check_blank, check_shapes, check_values
 from .errors import CTCInputError
 
@@ -183,7 +184,9 @@ def _ffi_forward(inputs, outputs):
     (values, xla_dtype), (logit_paddings, _), (labels, _), (label_paddings, _), (blank, _) = inputs
     fmt = {_jax_ffi.FLOAT16: _core.FORMAT_FLOAT16, _jax_ffi.BFLOAT16: _core.FORMAT_BFLOAT16}.get(xla_dtype, _core.FORMAT_FLOAT)
     grad_out = outputs[1][0] if len(outputs) > 1 else None
-    _forward_into(values, fmt, logit_paddings, labels, label_paddings, int(blank.reshape(-1)[0]), outputs[0][0], grad_out)
+    with ieee_floats():  # XLA flushes subnormals to zero meanwhile (see ctckit._fenv)
+        _forward_into(values, fmt, logit_paddings, labels, label_paddings, int(blank.reshape(-1)[0]), outputs[0][0],
+                      grad_out)
 
 
 def _callback_forward(bits, logit_paddings, labels, label_paddings, *, blank, dtype_name, need_grad):
@@ -194,7 +197,8 @@ def _callback_forward(bits, logit_paddings, labels, label_paddings, *, blank, dt
     dtype = np.float64 if double else np.float32
     nll = np.empty(np.shape(labels)[:-1], dtype=dtype)
     grad = np.empty(np.shape(values), dtype=dtype) if need_grad else None
-    _forward_into(np.ascontiguousarray(values), fmt, logit_paddings, labels, label_paddings, blank, nll, grad)
+    with ieee_floats():
+        _forward_into(np.ascontiguousarray(values), fmt, logit_paddings, labels, label_paddings, blank, nll, grad)
     out = [nll.view(np.uint32).reshape(*nll.shape, 2) if double else nll]
     if need_grad:
         out.append(grad.view(np.uint32).reshape(*grad.shape, 2) if double else grad)

@@ -240,6 +240,35 @@ def test_importing_ctckit_or_its_numpy_frontend_never_imports_jax():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
+def test_xlas_flush_to_zero_mode_does_not_leak_into_later_results():
+    # XLA runs the handler with subnormals flushed to zero (FTZ/DAZ); threads created while
+    # it ran (Numba's OpenMP workers here: the first ctckit call of the process is the
+    # JAX one) copy that mode. Later gradients with subnormal entries then depended on the
+    # thread count (-0.0 on one thread, -3e-41 on another).
+    code = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, {tests!r})
+        import jax, jax.numpy as jnp, numpy as np
+        import ctckit, ctckit.jax as cj, ctckit.numpy as cn
+        from cases import random_case
+        logits = jnp.array([[[0.0, 17.0], [0.0, 17.0]]])
+        jax.grad(lambda x: cj.ctc_loss(x, jnp.zeros((1, 2)), jnp.array([[1]]), jnp.zeros((1, 1)))[0])(logits)
+        case = random_case(np.random.default_rng(7), frames=150, batch=20, classes=24, dtype=np.float32, infeasible=0.1)
+        args = (case.log_probs, case.padded, case.input_lengths, case.target_lengths, case.blank, "mean", True)
+        grads = []
+        for threads in (2, 1):
+            ctckit.set_num_threads(threads)
+            grads.append(cn.ctc_loss_and_grad(*args)[1])
+        subnormal = (grads[1] != 0) & (np.abs(grads[1]) < np.finfo(np.float32).tiny)
+        assert subnormal.any(), "the case has no subnormal gradient entries"
+        assert grads[0].tobytes() == grads[1].tobytes(), int((grads[0] != grads[1]).sum())
+        print("ok")
+    """).format(tests=os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "CTCKIT_QUIET_COMPILE": "1"})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("middle_padding", [False, True])
 def test_the_ffi_and_the_callback_give_the_same_bits(monkeypatch, middle_padding):
     # On the CPU the loss runs as an XLA FFI handler on XLA's buffers; elsewhere (GPU, TPU,
