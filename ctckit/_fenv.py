@@ -38,7 +38,7 @@ def _load():
 
 
 _CALLS = _load()
-_DEFAULT = ctypes.c_void_p(-1 & (2 ** (8 * ctypes.sizeof(ctypes.c_void_p)) - 1))  # glibc's FE_DFL_ENV
+_DEFAULT = ctypes.c_void_p(-1)  # glibc's FE_DFL_ENV, (const fenv_t *) -1
 
 
 @contextmanager
