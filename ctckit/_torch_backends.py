@@ -122,7 +122,7 @@ def logits_view(logits: Tensor) -> tuple[np.ndarray, int]:
     """``(array, fmt)``: a CPU tensor of logits as the NumPy view the core reads (float16 and
     bfloat16 as their uint16 bits, ``fmt`` saying which; other float types than these and
     float32/float64 as a float32 copy)."""
-    logits = resolved(logits.detach())
+    logits = resolved(logits.detach() if logits.requires_grad else logits)
     if logits.dtype in KERNEL_DTYPES:
         return logits.numpy(), _core.FORMAT_FLOAT
     if logits.dtype in (torch.float16, torch.bfloat16):
@@ -168,9 +168,10 @@ class _Numba(Backend):
 
     def loss_and_logit_gradient(self, logits, batch, blank, width, scale):
         array, fmt = logits_view(logits)
-        nll, _, grad = _core.loss_and_gradient_from_logits(array, fmt, batch, blank, scale.to(torch.float64).numpy(), width,
-                                                           time_major=True)
-        return torch.from_numpy(nll), torch.from_numpy(grad).to(logits.dtype)
+        scale = scale if scale.dtype == torch.float64 and scale.is_cpu else scale.to("cpu", torch.float64)
+        nll, _, grad = _core.loss_and_gradient_from_logits(array, fmt, batch, blank, scale.numpy(), width, time_major=True)
+        grad = torch.from_numpy(grad)
+        return torch.from_numpy(nll), grad if grad.dtype == logits.dtype else grad.to(logits.dtype)
 
     def align(self, log_probs, targets, input_lengths, target_lengths, blank, wildcard=None):
         arrays = map(to_numpy, (log_probs, targets, input_lengths, target_lengths))
@@ -249,6 +250,8 @@ def choose(backend: str, device: torch.device, loss: bool = True) -> str:
     """The backend that will run: ``"auto"`` picks Numba on the CPU, Triton on CUDA when
     it is installed, and plain torch operations otherwise (the Numba core on a CPU copy
     for alignment, which has no torch-operations path)."""
+    if type(backend) is str and backend == "auto" and device.type == "cpu":  # the common case, first
+        return "numba"
     backend = check_choice(backend, "backend", BACKENDS if loss else BACKENDS[:3])
     if backend == "auto":
         if device.type == "cpu":

@@ -34,16 +34,17 @@ class NoDoubleBackward(torch.autograd.Function):
         )
 
 
+_is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda tensor: False)
+
+
 def plain_eager(*tensors) -> bool:
     """Whether the operator may be bypassed: eager mode, plain tensors, no tracing mode."""
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return False
-    return all(type(t) is Tensor and not _is_functorch_wrapped(t) for t in tensors)
-
-
-def _is_functorch_wrapped(tensor: Tensor) -> bool:
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(check(tensor)) if check is not None else False
+    for tensor in tensors:
+        if type(tensor) is not Tensor or _is_functorch_wrapped(tensor):
+            return False
+    return True
 
 
 def as_index_tensor(value, name: str) -> Tensor:
@@ -68,6 +69,8 @@ def autocast_enabled(device: torch.device) -> bool:
 def loss_dtype(values: Tensor) -> torch.dtype:
     """The dtype of the loss: that of its input, float32 for half types under autocast
     (which runs torch's ctc_loss in float32 as well)."""
+    if values.dtype not in (torch.float16, torch.bfloat16):
+        return values.dtype
     if autocast_enabled(values.device) and values.dtype in (torch.float16, torch.bfloat16):
         return torch.float32
     return values.dtype

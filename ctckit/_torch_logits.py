@@ -135,7 +135,7 @@ def _dense_is_smaller(shape, width: int, dtype: torch.dtype) -> bool:
     would compute it from: ``lse`` (T, N) float64 and the posteriors (T, N, K). So for
     small vocabularies (C <= K + 2 in float32: characters, ``C <= S + 1``)."""
     frames, size, classes = shape
-    item = torch.finfo(gradient_dtype(dtype)).bits // 8
+    item = 8 if dtype == torch.float64 else 4  # gradient_dtype's size
     return frames * size * classes * item <= frames * size * (8 + width * item) + size * width * 8
 
 
@@ -158,7 +158,8 @@ class _EagerStep(torch.autograd.Function):
         weights = torch.from_numpy(reduction_weights(batch.target_lengths, reduction))
         ctx.engine, ctx.batch, ctx.weights, ctx.none = engine, batch, weights, reduction == "none"
         if logits.dtype in (torch.float32, torch.float64) and _dense_is_smaller(logits.shape, width, logits.dtype):
-            nll, ctx.dense = backend.loss_and_logit_gradient(logits.detach(), batch, blank, width, weights.to(logits.device))
+            nll, ctx.dense = backend.loss_and_logit_gradient(logits.detach(), batch, blank, width,
+                                                             weights if logits.is_cpu else weights.to(logits.device))
         else:
             nll, saved = backend.loss_from_logits(logits.detach(), batch, blank, True, width)
             ctx.dense, ctx.saved, ctx.nll = None, saved, nll
@@ -171,7 +172,7 @@ class _EagerStep(torch.autograd.Function):
         (logits,) = ctx.saved_tensors
         incoming = grad_loss.reshape(-1) if ctx.none else grad_loss  # (N,), or a scalar
         if ctx.dense is not None:
-            factor = incoming.to(ctx.dense.dtype)
+            factor = incoming if incoming.dtype == ctx.dense.dtype else incoming.to(ctx.dense.dtype)
             grad = ctx.dense * (factor[None, :, None] if ctx.none else factor)
         else:
             scale = ctx.weights.to(incoming.device) * incoming.to(torch.float64)
@@ -211,7 +212,9 @@ def ctc_loss_from_logits(
     if logits.dim() not in (2, 3):
         raise CTCInputError(f"logits must be (T, N, C) or unbatched (T, C), got {logits.dim()} dimensions with shape "
                             f"{tuple(logits.shape)}")
-    logits = logits.movedim(check_dim(dim, logits.dim()), -1)
+    dim = check_dim(dim, logits.dim())
+    if dim != logits.dim() - 1:
+        logits = logits.movedim(dim, -1)
     backend = BY_NAME[choose_backend(backend, logits.device)]
     blank, reduction, zero_infinity = check_options(blank, reduction, zero_infinity)
     targets = as_index_tensor(targets, "targets")

@@ -88,11 +88,8 @@ def negative_log_likelihood_from_logits(logits: np.ndarray, fmt: int, batch: Bat
                                                 False)
         if stepped is not None:
             return stepped[0], stepped[1]
-    columns, class_of_column = compact_columns(batch.targets, batch.offsets, batch.target_lengths, logits.shape[2], blank)
-    if width is not None and width != class_of_column.shape[1]:
-        padded = np.full((class_of_column.shape[0], width), -1, dtype=np.int64)
-        padded[:, :class_of_column.shape[1]] = class_of_column
-        class_of_column = padded
+    columns, class_of_column = compact_columns(batch.targets, batch.offsets, batch.target_lengths, logits.shape[2], blank,
+                                               -1 if width is None else width)
     lse, compact = gather_log_probs(logits, fmt, batch.input_lengths, class_of_column)
     by_column = Batch(columns, batch.offsets, batch.input_lengths, batch.target_lengths)
     nll, posteriors = negative_log_likelihood(compact, by_column, 0, grad="dense" if want_grad else "none")

@@ -47,16 +47,16 @@ ROW_NS = 2.0
 
 
 @njit(**NJIT)
-def compact_columns(targets, offsets, target_lengths, classes, blank):
+def compact_columns(targets, offsets, target_lengths, classes, blank, width=-1):
     """``(columns, class_of_column)``: item n's labels renumbered by column (``columns``, the
     layout of ``targets``; padding keeps its values), and ``class_of_column[n, j]``, the
-    class of its column j (``-1`` past its ``K_n`` distinct classes; column 0 is the blank)."""
+    class of its column j (``-1`` past its ``K_n`` distinct classes; column 0 is the blank),
+    K columns: ``width``, or at least the most distinct classes of an item (``-1``: exactly that)."""
     size = offsets.shape[0]
     longest = 0
     for n in range(size):
         longest = max(longest, target_lengths[n])
-    width = min(classes, longest + 1)
-    class_of_column = np.full((size, width), -1, dtype=np.int64)
+    class_of_column = np.full((size, max(min(classes, longest + 1), width)), -1, dtype=np.int64)
     column_of_class = np.full(classes, -1, dtype=np.int64)
     columns = targets.copy()
     used_most = 1
@@ -75,7 +75,7 @@ def compact_columns(targets, offsets, target_lengths, classes, blank):
         for j in range(used):
             column_of_class[class_of_column[n, j]] = -1
         used_most = max(used_most, used)
-    return columns, class_of_column[:, :used_most].copy()
+    return columns, class_of_column[:, :max(used_most, width)].copy()
 
 
 def _readable_row(source, fmt, row):

@@ -161,10 +161,8 @@ def loss_from_logits(logits: torch.Tensor, batch: Batch, blank: int, need_grad: 
     (:func:`._gather_kernel`), then the loss kernels on it."""
     frames, size, classes = logits.shape
     device = logits.device
-    columns, class_of_column = compact_columns(batch.targets, batch.offsets, batch.target_lengths, classes, blank)
-    padded = np.full((size, width), -1, dtype=np.int64)
-    padded[:, :class_of_column.shape[1]] = class_of_column
-    class_of_column = torch.from_numpy(padded).to(device)
+    columns, class_of_column = compact_columns(batch.targets, batch.offsets, batch.target_lengths, classes, blank, width)
+    class_of_column = torch.from_numpy(class_of_column).to(device)
     lengths = torch.from_numpy(batch.input_lengths).to(device)
     lse = torch.empty((frames, size), dtype=torch.float64, device=device)
     compact = torch.empty((frames, size, width), dtype=torch.float64, device=device)
