@@ -109,7 +109,7 @@ def pool_batch():
 
 def _on_threads(*counts: int):
     """Run a step's calls once per thread count: 1 runs the serial drivers on the calling
-    thread, 2 the OpenMP drivers (short calls; where Numba has an OpenMP or TBB layer)."""
+    thread, 2 the OpenMP loop (short calls; where Numba has an OpenMP or TBB layer)."""
     import ctckit
 
     def decorate(calls):

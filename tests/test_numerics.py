@@ -362,10 +362,10 @@ def test_a_batch_of_long_targets_does_not_compile_the_first_round(monkeypatch, m
     # also settle what the first round otherwise settles (an infeasible target). Once the
     # first round is compiled it runs on every batch, long targets included, with the
     # same results.
-    from ctckit._core import loss
+    from ctckit._core import addresses, loss
     from ctckit._core.loss import batch as rounds, items as per_item
 
-    monkeypatch.setattr(rounds, "_item_addresses", {})  # as in a fresh process
+    monkeypatch.setattr(addresses, "_addresses", {})  # as in a fresh process
     rng = np.random.default_rng(3)
     lp = log_softmax(rng.standard_normal((601, 2, 40)))
     targets = rng.integers(1, 40, (2, 300))
@@ -381,7 +381,7 @@ def test_a_batch_of_long_targets_does_not_compile_the_first_round(monkeypatch, m
         if batch == "with a short item first":
             _core_batch(lp[:50, :1], targets[:1, :10], [50], [10], code)
         nll, status, grad = _core_batch(lp, targets, input_lengths, lengths, code)
-        compiled = {function for function, _ in rounds._item_addresses}
+        compiled = {function for function, _ in addresses._addresses}
         assert (first_round in compiled) == (batch == "with a short item first")
         assert (status == loss.STATUS_OK).all()
         np.testing.assert_allclose(nll, expected_nll, rtol=1e-12)
@@ -477,8 +477,9 @@ def test_a_compiled_function_called_through_its_address():
     # result must arrive intact, and an exception raised in the callee must reach Python.
     from numba import njit
 
+    from ctckit._core.addresses import address_of
     from ctckit._core.intrinsics import call_compiled
-    from ctckit._core.loss.batch import _item_address, _item_key
+    from ctckit._core.loss.batch import _ITEM_RESULT
 
     @njit
     def scaled_sum(values, factor, start):
@@ -492,7 +493,7 @@ def test_a_compiled_function_called_through_its_address():
 
     values = np.arange(5.0)
     arguments = (values, 2.0, np.int64(1))
-    address = _item_address(_item_key(scaled_sum, arguments), scaled_sum, arguments)
+    address = address_of(scaled_sum, arguments, _ITEM_RESULT)
     assert caller(address, values, 2.0, np.int64(1)) == (20.0, 4)
     assert caller(address, values, 0.5, np.int64(3)) == (3.5, 2)
     with pytest.raises(ValueError, match="negative factor"):

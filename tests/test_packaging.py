@@ -30,7 +30,7 @@ def test_kernels_are_cached_on_disk(tmp_path):
     # Viterbi kernel, which compiles in seconds (the loss kernels take about a minute cold).
     code = """
         import ctckit.numpy
-        from ctckit._core.align import _viterbi_items_openmp as kernel  # a short call: on Numba's OpenMP layer
+        from ctckit._core.addresses import each_openmp as kernel  # a short call: on Numba's OpenMP layer
         ctckit.numpy.forced_align([[[0.0, -1.0]]] * 3, [[1]], [3], [1])
         print(sum(kernel.stats.cache_hits.values()), sum(kernel.stats.cache_misses.values()))
     """
@@ -59,12 +59,12 @@ def test_the_loss_compiles_each_round_when_first_needed_and_caches_it(tmp_path):
 
 
 def test_every_batch_kernel_caches_to_disk():
-    from ctckit._core import align, beam
+    from ctckit._core import addresses, align, beam, logits, logits_step
     from ctckit._core.loss import batch, posteriors
 
     kernels = [batch.loss_items, batch.gradient_items, posteriors._scatter_frames, align._viterbi_items, beam._beam_items,
-               batch.loss_items_openmp, batch.gradient_items_openmp, posteriors._scatter_frames_openmp,
-               align._viterbi_items_openmp, beam._beam_items_openmp, *batch._LOSS_ROUNDS, *batch._GRADIENT_ROUNDS]
+               logits._gather_frames, logits._gradient_frames, logits_step.step_items, addresses.each_openmp,
+               *batch._LOSS_ROUNDS, *batch._GRADIENT_ROUNDS]
     for kernel in kernels:
         assert type(kernel._cache).__name__ != "NullCache", kernel.py_func.__name__
 

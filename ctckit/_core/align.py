@@ -31,10 +31,10 @@ class, filled with ``score``.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import pool
-from .config import INLINE, NJIT, PARALLEL
+from .config import INLINE, NJIT
 from .intrinsics import is_set
 
 _NEG_INF = -np.inf
@@ -277,10 +277,8 @@ def viterbi_batch(log_probs, targets, offsets, input_lengths, target_lengths, bl
     budget = int(MAX_BACK_POINTER_BYTES)
     arguments = (log_probs, targets, offsets, input_lengths, target_lengths, blank, int(wildcard), float(score), alignments, scores,
                  best, budget)
-    task = lambda chunk, cancel: _viterbi_items(chunk, cancel, *arguments)
-    together = lambda: _viterbi_items_openmp(*arguments)
     cells = input_lengths * (2.0 * target_lengths + 1.0)
-    pool.run(task, VITERBI_NS * np.where(cells > budget, 2.0, 1.0) * cells, together)
+    pool.run_kernel(_viterbi_items, np.arange(best.shape[0]), arguments, VITERBI_NS * np.where(cells > budget, 2.0, 1.0) * cells)
 
 
 @njit(**NJIT)
@@ -300,12 +298,3 @@ def _viterbi_items(items, cancel, log_probs, targets, offsets, input_lengths, ta
                                             segment_frames(frames))
         else:
             best[n] = _viterbi_item(log_probs, n, frames, blank, labels, wildcard, score, alignments[n], scores[n], cancel)
-
-
-@njit(**PARALLEL)
-def _viterbi_items_openmp(log_probs, targets, offsets, input_lengths, target_lengths, blank, wildcard, score, alignments, scores, best, budget):
-    """:func:`_viterbi_items` over every item at once, on Numba's OpenMP threads."""
-    never = np.zeros(1, dtype=np.int64)
-    for n in prange(best.shape[0]):
-        _viterbi_items(np.arange(np.int64(n), np.int64(n) + 1), never, log_probs, targets, offsets, input_lengths, target_lengths, blank, wildcard,
-                       score, alignments, scores, best, budget)

@@ -41,10 +41,10 @@ with probability zero, so an item always has at least one hypothesis.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import pool
-from .config import NJIT, PARALLEL
+from .config import NJIT
 from .intrinsics import is_set
 from .loss.trellis import _logaddexp as _lae
 
@@ -364,9 +364,7 @@ def beam_search_batch(log_probs, input_lengths, blank, beam_width, token_min_log
     ``top_k`` when fewer prefixes exist)."""
     arguments = (log_probs, input_lengths, blank, beam_width, token_min_log_prob, beam_prune_log_prob, top_k, out_labels,
                  out_lengths, out_scores, found)
-    task = lambda chunk, cancel: _beam_items(chunk, cancel, *arguments)
-    together = lambda: _beam_items_openmp(*arguments)
-    pool.run(task, BEAM_NS * input_lengths * beam_width * log_probs.shape[2], together)
+    pool.run_kernel(_beam_items, np.arange(found.shape[0]), arguments, BEAM_NS * input_lengths * beam_width * log_probs.shape[2])
 
 
 @njit(**NJIT)
@@ -379,13 +377,3 @@ def _beam_items(items, cancel, log_probs, input_lengths, blank, beam_width, toke
         n = items[i]
         found[n] = _beam_item(log_probs, n, input_lengths[n], blank, beam_width, token_min_log_prob, beam_prune_log_prob,
                               top_k, out_labels[n], out_lengths[n], out_scores[n], cancel)
-
-
-@njit(**PARALLEL)
-def _beam_items_openmp(log_probs, input_lengths, blank, beam_width, token_min_log_prob, beam_prune_log_prob, top_k, out_labels,
-                       out_lengths, out_scores, found):
-    """:func:`_beam_items` over every item at once, on Numba's OpenMP threads."""
-    never = np.zeros(1, dtype=np.int64)
-    for n in prange(found.shape[0]):
-        _beam_items(np.arange(np.int64(n), np.int64(n) + 1), never, log_probs, input_lengths, blank, beam_width, token_min_log_prob,
-                    beam_prune_log_prob, top_k, out_labels, out_lengths, out_scores, found)

@@ -6,9 +6,10 @@ classes, infeasible targets). ``contract`` (fused multiply-add) is on everywhere
 so that sums over a row vectorise. Both fix the order of operations at compile time:
 results stay bitwise identical whatever the thread count.
 
-The batch drivers come in two kinds (see :mod:`ctckit._core.pool`): serial kernels over a chunk
-of items, which ctckit's own threads run, and :data:`PARALLEL` ones over a whole batch on
-Numba's OpenMP threads, for short calls outside forked children.
+The batch drivers are serial kernels over a chunk of items (see :mod:`ctckit._core.pool`),
+which ctckit's own threads run, or for short calls outside forked children one
+:data:`PARALLEL` loop on Numba's OpenMP threads that calls them item by item
+(:mod:`ctckit._core.addresses`).
 """
 
 _VECTORISE = {"contract", "reassoc", "nsz"}
@@ -38,4 +39,4 @@ compiled code only, they need no wrapper for Python callers (about 0.3 s less)."
 
 
 PARALLEL = dict(NJIT, parallel=True)
-"""Options for the OpenMP batch drivers: ``prange`` over items, each writing its own slice."""
+"""Options for the OpenMP loop over a batch's items (:func:`.addresses.each_openmp`)."""

@@ -30,11 +30,11 @@ relative error below 3e-7), every sum is float64.
 """
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
 from . import buffers, pool
-from .config import HOT, INLINE, NJIT, PARALLEL
+from .config import HOT, INLINE, NJIT
 from .intrinsics import float_from_bits, is_set, keep_alive, unmanaged
 from .vexp import vexp32_shifted, vexp_shifted
 
@@ -268,37 +268,17 @@ def _gradient_frames(frames, cancel, logits, batch_major, fmt, lse, posteriors, 
     keep_alive(scratch32)
 
 
-@njit(**PARALLEL)
-def _gather_frames_openmp(frames, logits, batch_major, fmt, input_lengths, class_of_column, lse, compact):
-    """:func:`_gather_frames` over all ``frames`` at once, on Numba's OpenMP threads."""
-    never = np.zeros(1, dtype=np.int64)
-    for i in prange(frames.shape[0]):
-        _gather_frames(frames[i:i + 1], never, logits, batch_major, fmt, input_lengths, class_of_column, lse, compact)
-
-
-@njit(**PARALLEL)
-def _gradient_frames_openmp(frames, logits, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale,
-                            grad, grad_batch_major):
-    """:func:`_gradient_frames` over all ``frames`` at once, on Numba's OpenMP threads."""
-    never = np.zeros(1, dtype=np.int64)
-    for i in prange(frames.shape[0]):
-        _gradient_frames(frames[i:i + 1], never, logits, batch_major, fmt, lse, posteriors, class_of_column, input_lengths,
-                         scale, grad, grad_batch_major)
-
-
 def _frame_costs(shape):
     frames, size, classes = shape
     return np.full(frames, ROW_NS * size * classes)
 
 
-def _together(shape, openmp):
-    """The OpenMP twin for :func:`.pool.run`, or none for a pass under ``SERIAL_COST``:
-    the calling thread alone then, as on ctckit's pool (docs' passes take 20-50 us; waking
-    OpenMP's threads next to busy peers cost more than that)."""
+def _worth_openmp(shape) -> bool:
+    """Whether a pass over frames may run on Numba's OpenMP threads: not under
+    ``SERIAL_COST``, which runs on the calling thread alone, as on ctckit's pool (docs'
+    passes take 20-50 us; waking OpenMP's threads next to busy peers cost more than that)."""
     frames, size, classes = shape
-    if ROW_NS * frames * size * classes <= pool.SERIAL_COST:
-        return None
-    return openmp
+    return ROW_NS * frames * size * classes > pool.SERIAL_COST
 
 
 def frame_rows(logits):
@@ -336,8 +316,7 @@ def gather_log_probs(logits, fmt, input_lengths, class_of_column):
     lse = np.empty((frames, size))
     compact = np.empty((frames, size, class_of_column.shape[1]))
     arguments = (rows, batch_major, fmt, input_lengths, class_of_column, lse, compact)
-    pool.run(lambda chunk, cancel: _gather_frames(chunk, cancel, *arguments), _frame_costs(logits.shape),
-             _together(logits.shape, lambda: _gather_frames_openmp(np.arange(frames, dtype=np.int64), *arguments)))
+    pool.run_kernel(_gather_frames, np.arange(frames), arguments, _frame_costs(logits.shape), _worth_openmp(logits.shape))
     return lse, compact
 
 
@@ -356,6 +335,5 @@ def logit_gradient(logits, fmt, lse, posteriors, class_of_column, input_lengths,
     grad_batch_major = batch_major and not time_major
     grad = gradient_output(logits.shape, grad_batch_major, out_dtype, out)
     arguments = (rows, batch_major, fmt, lse, posteriors, class_of_column, input_lengths, scale, grad, grad_batch_major)
-    pool.run(lambda chunk, cancel: _gradient_frames(chunk, cancel, *arguments), _frame_costs(logits.shape),
-             _together(logits.shape, lambda: _gradient_frames_openmp(np.arange(frames, dtype=np.int64), *arguments)))
+    pool.run_kernel(_gradient_frames, np.arange(frames), arguments, _frame_costs(logits.shape), _worth_openmp(logits.shape))
     return grad.transpose(1, 0, 2) if grad_batch_major else grad

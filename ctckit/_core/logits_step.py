@@ -6,7 +6,7 @@
 (:func:`.logit_gradient`). Here one kernel, :func:`step_items`, does all three for one
 item before it takes the next: the same row functions (:func:`._gather_row`,
 :func:`._gradient_row`) and the same first-round item kernel, called through its address
-(:func:`.loss.batch._item_address`), so the results are bitwise those of the three
+(:mod:`.addresses`), so the results are bitwise those of the three
 passes. What it saves is fixed cost, which dominates small batches: two of the three
 hand-overs to the threads, with their Python, and the two passes over frames that were
 too short to share between threads (docs, 50 x 16 x 20: 50 and 35 us on one thread).
@@ -18,13 +18,14 @@ pending, and the caller makes the three passes.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import pool
-from .config import HOT, PARALLEL
+from .addresses import CANCEL_FLAG, address_of
+from .config import HOT
 from .intrinsics import call_compiled, is_set, keep_alive, unmanaged
 from .logits import ROW_NS, _gather_row, _gradient_row, compact_columns, frame_rows, gradient_output
-from .loss.batch import _A_FLAG, _item_address, _item_key, _plan_items
+from .loss.batch import _ITEM_RESULT, _plan_items
 from .loss.items import _item_gradient_one_scale
 from .loss.trellis import GRAD_DENSE, STATUS_PENDING
 
@@ -37,7 +38,7 @@ against the three passes: docs (C = 20) 0.23 / 0.28 ms, ocr (100) 2.03 / 2.24, c
 
 
 @njit(**HOT)
-def step_items(item, items, cancel, logits, batch_major, fmt, columns, offsets, input_lengths, target_lengths, blank, mode,
+def step_items(items, cancel, item, logits, batch_major, fmt, columns, offsets, input_lengths, target_lengths, blank, mode,
                torch_grad, unit, class_of_column, scale, lse, compact, core_grad, no_post, posteriors, nll, status, grad,
                grad_batch_major, want_grad):
     """For each item n of ``items``: its frames' ``lse`` and ``compact`` log-softmax (the
@@ -77,18 +78,6 @@ def step_items(item, items, cancel, logits, batch_major, fmt, columns, offsets, 
     keep_alive(scratch, scratch32)
 
 
-@njit(**PARALLEL)
-def step_items_openmp(item, items, logits, batch_major, fmt, columns, offsets, input_lengths, target_lengths, blank, mode,
-                      torch_grad, unit, class_of_column, scale, lse, compact, core_grad, no_post, posteriors, nll, status,
-                      grad, grad_batch_major, want_grad):
-    """:func:`step_items` over all ``items`` at once, on Numba's OpenMP threads."""
-    never = np.zeros(1, dtype=np.int64)
-    for i in prange(items.shape[0]):
-        step_items(item, items[i:i + 1], never, logits, batch_major, fmt, columns, offsets, input_lengths, target_lengths,
-                   blank, mode, torch_grad, unit, class_of_column, scale, lse, compact, core_grad, no_post, posteriors, nll,
-                   status, grad, grad_batch_major, want_grad)
-
-
 _first_round_address = []
 
 
@@ -97,8 +86,7 @@ def _first_round_item(arguments) -> int:
     types never change here (fresh float64 and int64 arrays, the same scalars), so it is
     looked up once per process, not by their fingerprints at every call."""
     if not _first_round_address:
-        _first_round_address.append(_item_address(_item_key(_item_gradient_one_scale, arguments), _item_gradient_one_scale,
-                                                  arguments))
+        _first_round_address.append(address_of(_item_gradient_one_scale, arguments, _ITEM_RESULT))
     return _first_round_address[0]
 
 
@@ -132,14 +120,12 @@ def loss_and_gradient(logits, fmt, batch, blank, width, scale, gradient_dtype, w
         grad, scale = np.empty((1, 1, 1), dtype=gradient_dtype), unit
     scale = np.ascontiguousarray(scale, dtype=np.float64)
     inputs = (compact, columns, batch.offsets, batch.input_lengths, batch.target_lengths)
-    item = _first_round_item((*inputs, np.int64(0), 0, GRAD_DENSE, False, unit, core_grad, no_post, _A_FLAG))
+    item = _first_round_item((*inputs, np.int64(0), 0, GRAD_DENSE, False, unit, core_grad, no_post, CANCEL_FLAG))
     arguments = (rows, batch_major, fmt, columns, batch.offsets, batch.input_lengths, batch.target_lengths, np.int64(0),
                  GRAD_DENSE, False, unit, class_of_column, scale, lse, compact, core_grad, no_post, posteriors, nll, status,
                  grad, grad_batch_major, want_grad)
-    items = np.arange(size, dtype=np.int64)
     costs = costs + ROW_NS * frames * classes * (2.0 if want_grad else 1.0)
-    pool.run(lambda chunk, cancel: step_items(item, items[chunk], cancel, *arguments), costs,
-             lambda: step_items_openmp(item, items, *arguments))
+    pool.run_kernel(step_items, np.arange(size), (item, *arguments), costs)
     if bytes((STATUS_PENDING,)) in status.tobytes():  # int8 codes; 0.2 us, where (status == ...).any() took 2-20
         return None
     saved = (lse, posteriors, class_of_column)

@@ -21,8 +21,9 @@ thread. Numba's ``parallel=True`` alone is not safe for a library in a user's pr
   pool, and each caller also works on its own job.
 
 Short calls (under ``OPENMP_COST``) still run on Numba's OpenMP layer where that is safe
-(not in a forked child; see :func:`_openmp_allowed`): a ``parallel=True`` driver over the
-whole batch. Next to torch that layer shares torch's OpenMP threads instead of competing
+(not in a forked child; see :func:`_openmp_allowed`): one ``parallel=True`` loop over the
+whole batch that calls the same serial kernel for each item (:func:`run_kernel`,
+:mod:`.addresses`). Next to torch that layer shares torch's OpenMP threads instead of competing
 with them for the cores, and a short call answers Ctrl-C soon enough anyway.
 
 Every item is computed by the same code whichever thread runs it, and writes only its own
@@ -42,6 +43,7 @@ from typing import Callable
 import numpy as np
 
 from .._threads import get_num_threads
+from .addresses import run_openmp
 from .chunks import plan_chunks
 
 SERIAL_COST = 300_000
@@ -233,7 +235,7 @@ class _Job:
 
 
 def _one_at_a_time(together: Callable[[], None]) -> None:
-    """Run an OpenMP twin with its ``prange`` handing out one iteration at a time (dynamic
+    """Run an OpenMP loop with its ``prange`` handing out one iteration at a time (dynamic
     scheduling), not Numba's static shares: a thread that another runtime's spinning
     workers preempt (torch's OpenMP pool, XLA's) then holds up one item, not half the
     batch for a whole time slice (bpe5k's fused step: 67 ms with static halves next to
@@ -243,6 +245,17 @@ def _one_at_a_time(together: Callable[[], None]) -> None:
         together()
     finally:
         _layer.set_chunksize(chunk)
+
+
+def run_kernel(kernel, items: np.ndarray, arguments: tuple, costs: np.ndarray, openmp: bool = True) -> None:
+    """:func:`run` for a serial Numba kernel ``kernel(chunk, cancel, *arguments)`` over the
+    int64 indices ``items`` (items or frames; ``costs[i]`` the estimated ns of
+    ``items[i]``): chunks of ``items`` on ctckit's threads, or, for a short call, every
+    index at once on Numba's OpenMP threads (:func:`.addresses.run_openmp`; not with
+    ``openmp=False``, for passes too short to wake those threads)."""
+    items = np.ascontiguousarray(items, dtype=np.int64)
+    run(lambda chunk, cancel: kernel(items[chunk], cancel, *arguments), costs,
+        (lambda: run_openmp(kernel, items, arguments)) if openmp else None)
 
 
 def run(task: Task, costs: np.ndarray, together: Callable[[], None] | None = None) -> None:

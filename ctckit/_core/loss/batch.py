@@ -4,23 +4,23 @@ A batch runs in up to three rounds (:func:`ctc_loss_batch`): the one-scale passe
 items short enough for them, the block-scaled passes over the others and those the first
 round left, and log space over the items the second rejected. Each round's per-item kernel
 (:mod:`.items`) compiles (or loads from Numba's cache) when a batch first needs it, and the
-drivers call it through its address (:func:`_item_address`): its code is compiled once and
+drivers call it through its address (:mod:`..addresses`): its code is compiled once and
 not again inside each driver, so a first call with short targets compiles the first round
 alone (about 10 s), one with long targets the second alone.
 
-The drivers come in two kinds: serial ``nogil`` ones over a chunk of items
+The drivers are serial ``nogil`` kernels over a chunk of items
 (:func:`loss_items`, :func:`gradient_items`), which :mod:`..pool` runs on its own
-threads, and ``parallel=True`` twins over every item at once for short calls on Numba's
-OpenMP threads. Each item writes only its own slices of the outputs, through the same
+threads, and for short calls on Numba's OpenMP threads too, one item at a time
+(:func:`..pool.run_kernel`). Each item writes only its own slices of the outputs, through the same
 passes whatever the thread, so results do not depend on scheduling.
 """
 
 import numpy as np
-from numba import njit, prange, typeof, types
-from numba import config as numba_config
+from numba import njit, types
 
 from .. import pool
-from ..config import NJIT, PARALLEL
+from ..addresses import CANCEL_FLAG, address_of
+from ..config import NJIT
 from ..intrinsics import call_compiled, is_set, unmanaged
 from .items import (
     _item_gradient_blocks, _item_gradient_log_space, _item_gradient_one_scale, _item_loss_blocks, _item_loss_log_space,
@@ -57,22 +57,17 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
     items, later, costs = _plan_items(input_lengths, target_lengths, mode != GRAD_NONE)
     inputs = (log_probs, targets, offsets, input_lengths, target_lengths)
     if mode == GRAD_NONE:
-        rounds, item_arguments = _LOSS_ROUNDS, (*inputs, np.int64(0), blank, _A_FLAG)
+        rounds, item_arguments = _LOSS_ROUNDS, (*inputs, np.int64(0), blank, CANCEL_FLAG)
     else:
-        rounds, item_arguments = _GRADIENT_ROUNDS, (*inputs, np.int64(0), blank, mode, torch_grad, scale, grad, post, _A_FLAG)
+        rounds, item_arguments = _GRADIENT_ROUNDS, (*inputs, np.int64(0), blank, mode, torch_grad, scale, grad, post, CANCEL_FLAG)
     for function in rounds:
         if items.shape[0]:
-            item = _item_address(_item_key(function, item_arguments), function, item_arguments)
-            round_items = items
+            item = address_of(function, item_arguments, _ITEM_RESULT)
             if mode == GRAD_NONE:
-                task = lambda chunk, cancel: loss_items(item, round_items[chunk], cancel, *inputs, blank, nll, status)
-                together = lambda: loss_items_openmp(item, round_items, *inputs, blank, nll, status)
+                pool.run_kernel(loss_items, items, (item, *inputs, blank, nll, status), costs[items])
             else:
-                task = lambda chunk, cancel: gradient_items(item, round_items[chunk], cancel, *inputs, blank, mode, torch_grad,
-                                                            scale, nll, grad, post, status)
-                together = lambda: gradient_items_openmp(item, round_items, *inputs, blank, mode, torch_grad, scale, nll, grad,
-                                                         post, status)
-            pool.run(task, costs[items], together)
+                pool.run_kernel(gradient_items, items, (item, *inputs, blank, mode, torch_grad, scale, nll, grad, post, status),
+                                costs[items])
             items = items[status[items] == STATUS_PENDING]
         if later.shape[0]:  # the items too long for the first round join those it left
             items = np.union1d(items, later) if items.shape[0] else later
@@ -84,8 +79,6 @@ def ctc_loss_batch(log_probs, targets, offsets, input_lengths, target_lengths, b
     raise AssertionError("the log-space round left an item pending")
 
 
-_A_FLAG = np.zeros(1, dtype=np.int64)
-"""A cancel flag's type, for looking up the per-item kernels (each job has its own flag)."""
 _LOSS_ROUNDS = (_item_loss_one_scale, _item_loss_blocks, _item_loss_log_space)
 _GRADIENT_ROUNDS = (_item_gradient_one_scale, _item_gradient_blocks, _item_gradient_log_space)
 """Per-item kernels of a batch's rounds: one-scale passes, block-scaled passes, log space."""
@@ -113,54 +106,14 @@ def _plan_items(input_lengths, target_lengths, gradient):
 
 
 _ITEM_RESULT = types.Tuple((types.float64, types.int64))
-_item_addresses = {}
-
-
-try:  # what Numba's dispatchers look their compiled code up by: about 0.1 us an argument
-    from numba._dispatcher import compute_fingerprint as _argument_kind
-except ImportError:  # numba.typeof takes about 8 us an argument
-    def _argument_kind(value):
-        """What decides an argument's Numba type."""
-        if isinstance(value, np.ndarray):
-            return value.dtype.char, value.ndim, value.flags.num
-        return type(value)
-
-
-def _item_key(function, arguments):
-    """What :func:`_item_address` looks ``function``'s compiled code up by."""
-    return function, tuple(map(_argument_kind, arguments))
-
-
-def _item_address(key, function, arguments):
-    """The native entry point of ``function`` (one of the ``_item_*`` kernels) compiled for
-    the types of ``arguments`` (or loaded from Numba's cache), for a batch driver to call
-    through a pointer (:func:`.call_compiled`). ``key``: :func:`_item_key`'s.
-
-    Numba links a called function's code into its caller's, then optimises it and makes
-    machine code of the whole again. Called through a pointer, the per-item code compiles
-    once and each driver on its own, in about a second; linked in, the parallel driver
-    took 15 s more (it is two levels: the loop's body and the function around it).
-    """
-    address = _item_addresses.get(key)
-    if address is None:
-        if numba_config.DISABLE_JIT:
-            address = function
-        else:
-            argument_types = tuple(typeof(value) for value in arguments)
-            function.compile(argument_types)
-            compiled = function.overloads[argument_types]
-            if compiled.signature.return_type != _ITEM_RESULT:
-                raise TypeError(f"{function.__name__} returns {compiled.signature.return_type}, not {_ITEM_RESULT}")
-            address = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
-        _item_addresses[key] = address
-    return address
+"""What every per-item kernel returns: ``(nll, status)``."""
 
 
 @njit(**NJIT)
-def loss_items(item, items, cancel, log_probs, targets, offsets, input_lengths, target_lengths, blank, nll, status):
+def loss_items(items, cancel, item, log_probs, targets, offsets, input_lengths, target_lengths, blank, nll, status):
     """One round of :func:`ctc_loss_batch` without a gradient, over the item indices
     ``items`` (one chunk of a batch), stopping when ``cancel[0]`` is set; ``item``: the
-    address of the round's per-item kernel (:func:`_item_address`)."""
+    address of the round's per-item kernel (:func:`.addresses.address_of`)."""
     for i in range(items.shape[0]):
         if is_set(cancel):
             return
@@ -171,7 +124,7 @@ def loss_items(item, items, cancel, log_probs, targets, offsets, input_lengths, 
 
 
 @njit(**NJIT)
-def gradient_items(item, items, cancel, log_probs, targets, offsets, input_lengths, target_lengths, blank, mode, torch_grad, scale,
+def gradient_items(items, cancel, item, log_probs, targets, offsets, input_lengths, target_lengths, blank, mode, torch_grad, scale,
                    nll, grad, post, status):
     """:func:`loss_items` with ``mode`` ``GRAD_DENSE`` or ``GRAD_COMPACT``."""
     for i in range(items.shape[0]):
@@ -182,22 +135,3 @@ def gradient_items(item, items, cancel, log_probs, targets, offsets, input_lengt
                                                            unmanaged(input_lengths), unmanaged(target_lengths), n, blank,
                                                            mode, torch_grad, unmanaged(scale), unmanaged(grad),
                                                            unmanaged(post), unmanaged(cancel)))
-
-
-@njit(**PARALLEL)
-def loss_items_openmp(item, items, log_probs, targets, offsets, input_lengths, target_lengths, blank, nll, status):
-    """:func:`loss_items` over all ``items`` at once, on Numba's OpenMP threads (short
-    calls only: see :mod:`..pool`)."""
-    never = np.zeros(1, dtype=np.int64)  # the cancel flag: a short call is not cancelled
-    for i in prange(items.shape[0]):
-        loss_items(item, items[i:i + 1], never, log_probs, targets, offsets, input_lengths, target_lengths, blank, nll, status)
-
-
-@njit(**PARALLEL)
-def gradient_items_openmp(item, items, log_probs, targets, offsets, input_lengths, target_lengths, blank, mode, torch_grad,
-                          scale, nll, grad, post, status):
-    """:func:`gradient_items` over all ``items`` at once, on Numba's OpenMP threads."""
-    never = np.zeros(1, dtype=np.int64)
-    for i in prange(items.shape[0]):
-        gradient_items(item, items[i:i + 1], never, log_probs, targets, offsets, input_lengths, target_lengths, blank, mode,
-                       torch_grad, scale, nll, grad, post, status)

@@ -11,10 +11,10 @@ dense gradient. The block-scaled, one-scale and log-space passes all end here.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .. import pool
-from ..config import INLINE, LINKED, NJIT, PARALLEL
+from ..config import INLINE, LINKED, NJIT
 from ..intrinsics import is_set, unmanaged
 from .trellis import _U1, GRAD_COMPACT
 
@@ -94,9 +94,7 @@ def scatter_posteriors(post, targets, offsets, input_lengths, target_lengths, bl
     frames, batch, classes = grad.shape
     label_index = targets.astype(np.uint64)  # unsigned: no negative-index wraparound per element
     arguments = (post, label_index, offsets, input_lengths, target_lengths, blank, scale, grad)
-    task = lambda chunk, cancel: _scatter_frames(chunk, cancel, *arguments)
-    together = lambda: _scatter_frames_openmp(np.arange(frames, dtype=np.int64), *arguments)
-    pool.run(task, np.full(frames, SCATTER_NS * batch * classes), together)
+    pool.run_kernel(_scatter_frames, np.arange(frames), arguments, np.full(frames, SCATTER_NS * batch * classes))
 
 
 @njit(**NJIT)
@@ -125,11 +123,3 @@ def _scatter_frames(frames, cancel, post, label_index, offsets, input_lengths, t
                 row[blank] = -factor * frame_post[slot]
                 for k in range(np.uint64(target_lengths[n])):
                     row[index[start + k]] -= factor * frame_post[slot + k + _U1]
-
-
-@njit(**PARALLEL)
-def _scatter_frames_openmp(frames, post, label_index, offsets, input_lengths, target_lengths, blank, scale, grad):
-    """:func:`_scatter_frames` over all ``frames`` at once, on Numba's OpenMP threads."""
-    never = np.zeros(1, dtype=np.int64)
-    for i in prange(frames.shape[0]):
-        _scatter_frames(frames[i:i + 1], never, post, label_index, offsets, input_lengths, target_lengths, blank, scale, grad)
