@@ -49,12 +49,23 @@ def make_problem(shape, seed=0) -> Problem:
 
 
 
-def interleaved_medians(calls: dict, repeats: int, warmup: int = 1) -> dict:
+ROUND_BUDGET_S = 2.0
+"""Seconds a table cell's interleaved rounds may take: a fast shape gets more rounds than
+``--repeats`` (docs: a few ms a round), whose median moves less from run to run."""
+MAX_ROUNDS = 200
+
+
+def interleaved_medians(calls: dict, repeats: int, warmup: int = 1, budget: float = 0.0) -> dict:
     """Median seconds per callable, running them round-robin ``repeats`` times, in a
-    shuffled order each round."""
+    shuffled order each round; more rounds (up to :data:`MAX_ROUNDS`) while they fit in
+    ``budget`` seconds, as the warmup round's time estimates them."""
+    start = time.perf_counter()
     for fn in calls.values():
         for _ in range(warmup):
             fn()
+    if budget and warmup:
+        per_round = (time.perf_counter() - start) / warmup
+        repeats = max(repeats, min(MAX_ROUNDS, int(budget / max(per_round, 1e-9))))
     samples = {name: [] for name in calls}
     order = list(calls)
     shuffle = np.random.default_rng(0)
@@ -66,7 +77,15 @@ def interleaved_medians(calls: dict, repeats: int, warmup: int = 1) -> dict:
             start = time.perf_counter()
             calls[name]()
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    medians = Medians({name: statistics.median(values) for name, values in samples.items()})
+    medians.rounds = repeats
+    return medians
+
+
+class Medians(dict):
+    """Median seconds by callable, and ``rounds``: how many interleaved runs each had."""
+
+    rounds: int
 
 
 _PROBE = r"""

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._bench_common import (SHAPES, Problem, interleaved_medians, make_problem, peak_rss_growth,  # noqa: F401 (bench's names)
-                            provider_tensorflow)
+from ._bench_common import (  # noqa: F401 (bench's names)
+    MAX_ROUNDS, ROUND_BUDGET_S, SHAPES, Problem, interleaved_medians, make_problem, peak_rss_growth, provider_tensorflow,
+)
 from ._cli import int_option, require
 from .bench_step import run_step, run_step_memory, step_markdown
 
@@ -102,9 +103,10 @@ def run_speed(shapes, providers, repeats, log=print):
                 skipped[name] = f"not installed ({error.name})"
         reference = loaded["ctckit"][0]
         agreement = {name: float(np.max(np.abs(l[0] - reference) / np.abs(reference))) for name, l in loaded.items()}
-        fwd = interleaved_medians({n: l[1] for n, l in loaded.items()}, repeats)
-        both = interleaved_medians({n: l[2] for n, l in loaded.items()}, repeats)
-        row = dict(shape=shape_name, dims=SHAPES[shape_name], repeats=repeats, skipped=skipped, agreement=agreement,
+        fwd = interleaved_medians({n: l[1] for n, l in loaded.items()}, repeats, budget=ROUND_BUDGET_S)
+        both = interleaved_medians({n: l[2] for n, l in loaded.items()}, repeats, budget=ROUND_BUDGET_S)
+        row = dict(shape=shape_name, dims=SHAPES[shape_name], repeats=min(fwd.rounds, both.rounds), skipped=skipped,
+                   agreement=agreement,
                    forward_ms={n: v * 1e3 for n, v in fwd.items()}, forward_backward_ms={n: v * 1e3 for n, v in both.items()})
         rows.append(row)
         log(_speed_line(row))
@@ -112,7 +114,7 @@ def run_speed(shapes, providers, repeats, log=print):
 
 
 def _speed_line(row):
-    parts = [f"{row['shape']:6s}"]
+    parts = [f"{row['shape']:6s} ({row['repeats']} runs)"]
     for kind in ("forward_ms", "forward_backward_ms"):
         times = row[kind]
         ours = times["ctckit"]
@@ -305,7 +307,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--providers", default=",".join(PROVIDERS),
                         help=f"comma-separated, ctckit among them (default {','.join(PROVIDERS)}); one not installed is skipped")
     parser.add_argument("--repeats", type=int_option(MIN_REPEATS), default=9,
-                        help=f"timed runs per provider, interleaved; their median is reported (default 9, at least {MIN_REPEATS})")
+                        help=f"timed runs per provider, interleaved; their median is reported (default 9, at least "
+                             f"{MIN_REPEATS}; more for fast shapes, as many as fit in about {ROUND_BUDGET_S:.0f} s)")
     parser.add_argument("--threads", type=int_option(1, 256), default=os.cpu_count() or 1,
                         help=f"CPU threads of torch and ctckit (default {os.cpu_count() or 1}, the number of CPUs)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory tables")
@@ -335,8 +338,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     ctckit.set_num_threads(args.threads)
     report = dict(threads=args.threads, machine=dict(cpus=os.cpu_count()))
-    print(f"CTC loss, float32, {args.threads} threads; median of {args.repeats} interleaved runs (ms); "
-          f"ratio = fastest peer / ctckit")
+    print(f"CTC loss, float32, {args.threads} threads; median of {args.repeats} interleaved runs or more (as many as "
+          f"fit in about {ROUND_BUDGET_S:.0f} s a table cell, at most {MAX_ROUNDS}) (ms); ratio = fastest peer / ctckit")
     report["speed"] = run_speed(shapes, providers, args.repeats)
     if not args.no_step:
         print()

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from ._bench_common import SHAPES, interleaved_medians, make_problem, peak_rss_growth, provider_tensorflow
+from ._bench_common import ROUND_BUDGET_S, SHAPES, interleaved_medians, make_problem, peak_rss_growth, provider_tensorflow
 
 STEP_PROVIDERS = ("ctckit fused", "ctckit+log_softmax", "ctckit.jax", "torch", "optax", "tensorflow", "ctckit.jax fwd",
                   "optax fwd")
@@ -176,10 +176,10 @@ def run_step(shapes, providers, repeats, log=print):
                 skipped[name] = f"not installed ({error.name})"
         reference = loaded[FUSED][0]
         agreement = {name: float(np.max(np.abs(l[0] - reference) / np.abs(reference))) for name, l in loaded.items()}
-        medians = interleaved_medians({n: l[1] for n, l in loaded.items()}, repeats)
+        medians = interleaved_medians({n: l[1] for n, l in loaded.items()}, repeats, budget=ROUND_BUDGET_S)
         floor_ms = 2 * logits.nbytes / bandwidth * 1e3
         row = dict(shape=shape_name, dims=SHAPES[shape_name], ms={n: v * 1e3 for n, v in medians.items()},
-                   floor_ms=floor_ms, agreement=agreement, skipped=skipped)
+                   floor_ms=floor_ms, agreement=agreement, skipped=skipped, repeats=medians.rounds)
         peers = {n: row["ms"][n] for n in PEERS if n in row["ms"]}
         if peers:
             best = min(peers, key=peers.get)
@@ -197,7 +197,7 @@ def _step_line(row):
     if jax_ratio(row, forward=True) is not None:
         ratio += f", forward x{jax_ratio(row, forward=True):.1f}"
     skipped = (" | skipped: " + ", ".join(f"{n} ({why})" for n, why in row["skipped"].items())) if row["skipped"] else ""
-    return f"{row['shape']:6s} step: {times} | floor {row['floor_ms']:.2f}{ratio}{skipped}"
+    return f"{row['shape']:6s} step ({row['repeats']} runs): {times} | floor {row['floor_ms']:.2f}{ratio}{skipped}"
 
 
 def step_markdown(step) -> list:

@@ -171,3 +171,16 @@ def test_warmup_help_says_what_it_compiles_and_its_options_are_checked(capsys):
         main(["warmup", "--jobs", "0"])
     assert exit_info.value.code == 2
     assert "argument --jobs: must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_fast_shapes_get_more_interleaved_runs_within_the_budget():
+    import time
+
+    from ctckit._bench_common import MAX_ROUNDS, interleaved_medians
+
+    calls = []
+    fast = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 5, budget=1.0)
+    assert fast.rounds == MAX_ROUNDS and calls.count("a") == calls.count("b") == MAX_ROUNDS + 1  # and the warmup
+    slow = interleaved_medians({"a": lambda: time.sleep(0.02)}, 5, budget=0.05)
+    assert slow.rounds == 5  # never fewer than asked
+    assert interleaved_medians({"a": lambda: None}, 7).rounds == 7  # no budget: as asked
