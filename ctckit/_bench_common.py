@@ -58,13 +58,16 @@ MAX_ROUNDS = 200
 def interleaved_medians(calls: dict, repeats: int, warmup: int = 1, budget: float = 0.0) -> dict:
     """Median seconds per callable, running them round-robin ``repeats`` times, in a
     shuffled order each round; more rounds (up to :data:`MAX_ROUNDS`) while they fit in
-    ``budget`` seconds, as the warmup round's time estimates them."""
-    start = time.perf_counter()
+    ``budget`` seconds, as one more untimed round after the warmup estimates them (the
+    warmup's first calls may compile)."""
     for fn in calls.values():
         for _ in range(warmup):
             fn()
-    if budget and warmup:
-        per_round = (time.perf_counter() - start) / warmup
+    if budget:
+        start = time.perf_counter()
+        for fn in calls.values():
+            fn()
+        per_round = time.perf_counter() - start
         repeats = max(repeats, min(MAX_ROUNDS, int(budget / max(per_round, 1e-9))))
     samples = {name: [] for name in calls}
     order = list(calls)
