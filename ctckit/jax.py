@@ -163,7 +163,7 @@ def _forward_into(values, fmt, logit_paddings, labels, label_paddings, blank, nl
     size = view.shape[1]
     if grad_out is None:
         nll, _ = _core.negative_log_likelihood_from_logits(view, fmt, batch, blank, False)
-        nll_out[...] = np.maximum(nll, 0.0).reshape(lead)  # -log P >= 0: float64 rounding may give -1e-16 for P = 1
+        nll_out[...] = nll.reshape(lead)  # never negative (see ctckit._core._never_negative)
         return
     target = grad_out.reshape(size, frames, classes)  # a view: grad_out is C-contiguous
     in_place = (used == (np.arange(frames) < batch.input_lengths[:, None])).all()
@@ -171,7 +171,7 @@ def _forward_into(values, fmt, logit_paddings, labels, label_paddings, blank, nl
     # when the view is C-contiguous too (B' = 1 or T = 1: the same memory either way)
     out = (target.reshape(frames, size, classes) if view.flags.c_contiguous else target) if in_place else None
     nll, _, grad = _core.loss_and_gradient_from_logits(view, fmt, batch, blank, np.ones(size), out=out)
-    nll_out[...] = np.maximum(nll, 0.0).reshape(lead)
+    nll_out[...] = nll.reshape(lead)
     if not in_place:
         grad = grad.transpose(1, 0, 2)
         target[...] = 0.0

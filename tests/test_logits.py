@@ -830,3 +830,28 @@ def test_backend_torch_equals_the_fused_kernels(reduction, rng):
         results.append((loss.detach(), logits.grad))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-11, atol=1e-12)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_certain_target_never_gets_a_negative_loss(dtype):
+    # Large logits make one path all but certain: -log P is 0 to 1e-16, and the rounding of
+    # the log-sum-exps (float32 exps for float32 logits) left up to -2.6e-8 (optax#1771's
+    # trap: a negative loss turns into NaN downstream). Every frontend now returns >= 0.
+    rng = np.random.default_rng(0)
+    size = 3000
+    x = (rng.standard_normal((40, size, 2)) * 30).astype(dtype)
+    input_lengths = rng.integers(1, 41, size)
+    target_lengths = rng.integers(0, 6, size)
+    targets = np.ones((size, 5), dtype=np.int64)
+    with np.errstate(divide="ignore"):
+        expected = F.ctc_loss(torch.from_numpy(x.astype(np.float64)).log_softmax(-1), torch.from_numpy(targets),
+                              torch.from_numpy(input_lengths), torch.from_numpy(target_lengths), reduction="none").numpy()
+    feasible = np.isfinite(expected)
+    results = {"numpy": cn.ctc_loss_from_logits(x, targets, input_lengths, target_lengths, reduction="none"),
+               "numpy, with the gradient": cn.ctc_loss_and_grad_from_logits(x, targets, input_lengths, target_lengths,
+                                                                            reduction="none")[0],
+               "torch": ct.ctc_loss_from_logits(torch.from_numpy(x).requires_grad_(), torch.from_numpy(targets),
+                                                input_lengths, target_lengths, reduction="none").detach().numpy()}
+    for name, losses in results.items():
+        assert (losses[feasible] >= 0).all(), name
+        np.testing.assert_allclose(losses[feasible], expected[feasible], rtol=1e-5, atol=1e-6, err_msg=name)

@@ -73,6 +73,14 @@ def gradient_dtype(logits_dtype, fmt: int) -> np.dtype:
     return np.dtype(np.float64 if fmt == FORMAT_FLOAT and logits_dtype == np.float64 else np.float32)
 
 
+def _never_negative(nll: np.ndarray) -> np.ndarray:
+    """``nll`` with values below 0 set to 0, in place (NaN and inf stay): on logits
+    ``-log P`` cannot be negative (the log-softmax makes ``P <= 1``), but for a target
+    that is certain (``P = 1 - 1e-16``) float64 rounding of the log-sum-exps and the
+    recursion, and float32 rounding of an exp, leave up to a few ``1e-8`` either side of 0."""
+    return np.maximum(nll, 0.0, out=nll)
+
+
 def negative_log_likelihood_from_logits(logits: np.ndarray, fmt: int, batch: Batch, blank: int, want_grad: bool,
                                         width: int | None = None):
     """:func:`negative_log_likelihood` of ``log_softmax(logits)`` (classes last), without
@@ -87,12 +95,13 @@ def negative_log_likelihood_from_logits(logits: np.ndarray, fmt: int, batch: Bat
         stepped = logits_step.loss_and_gradient(logits, fmt, batch, blank, width, None, gradient_dtype(logits.dtype, fmt),
                                                 False)
         if stepped is not None:
-            return stepped[0], stepped[1]
+            return _never_negative(stepped[0]), stepped[1]
     columns, class_of_column = compact_columns(batch.targets, batch.offsets, batch.target_lengths, logits.shape[2], blank,
                                                -1 if width is None else width)
     lse, compact = gather_log_probs(logits, fmt, batch.input_lengths, class_of_column)
     by_column = Batch(columns, batch.offsets, batch.input_lengths, batch.target_lengths)
     nll, posteriors = negative_log_likelihood(compact, by_column, 0, grad="dense" if want_grad else "none")
+    nll = _never_negative(nll)
     if not want_grad:
         return nll, None
     return nll, (lse, posteriors.astype(gradient_dtype(logits.dtype, fmt), copy=False), class_of_column)
@@ -122,6 +131,6 @@ def loss_and_gradient_from_logits(logits: np.ndarray, fmt: int, batch: Batch, bl
     stepped = logits_step.loss_and_gradient(logits, fmt, batch, blank, width, scale, gradient_dtype(logits.dtype, fmt),
                                             True, time_major, out)
     if stepped is not None:
-        return stepped
+        return _never_negative(stepped[0]), stepped[1], stepped[2]
     nll, saved = negative_log_likelihood_from_logits(logits, fmt, batch, blank, True, width)
     return nll, saved, gradient_from_logits(logits, fmt, saved, batch.input_lengths, nll, scale, time_major, out)

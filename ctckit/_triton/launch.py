@@ -171,6 +171,7 @@ def loss_from_logits(logits: torch.Tensor, batch: Batch, blank: int, need_grad: 
                                      BLOCK_C=_class_block(classes), BLOCK_W=block_w)
     by_column = DeviceBatch(Batch(columns, batch.offsets, batch.input_lengths, batch.target_lengths), device)
     nll, posteriors = negative_log_likelihood(compact, by_column, 0, "dense" if need_grad else "none", False)
+    nll = nll.clamp_min_(0.0)  # -log P >= 0 on logits; rounding may leave -1e-8 (see ctckit._core._never_negative)
     if not need_grad:
         return nll, None
     return nll, (lse, posteriors.to(gradient_dtype), class_of_column)
