@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ._inputs import as_index_array, check_shapes, check_values, reduction_weights
 from ._torch_backends import host
+from .errors import CTCInputError
 
 
 def validated(log_probs_shape, targets, input_lengths, target_lengths, blank, shapes=None, values="log_probs"):
@@ -16,7 +17,14 @@ def validated(log_probs_shape, targets, input_lengths, target_lengths, blank, sh
     caller has it; ``values``: the first argument's name in messages."""
     if shapes is None:
         shapes = check_shapes(log_probs_shape, targets.shape, input_lengths.shape, target_lengths.shape, values)
-    return check_values(shapes, host(targets), host(input_lengths), host(target_lengths), blank)
+    return check_values(shapes, _host_values(targets, "targets"), _host_values(input_lengths, "input_lengths"),
+                        _host_values(target_lengths, "target_lengths"), blank)
+
+
+def _host_values(tensor: Tensor, name: str):
+    if tensor.is_meta:  # shapes only: the checks and the kernels need the values
+        raise CTCInputError(f"{name} must hold values (a tensor on the CPU or on the loss's device), got a meta tensor")
+    return host(tensor)
 
 
 class NoDoubleBackward(torch.autograd.Function):

@@ -76,6 +76,19 @@ def test_meta_tensors_give_shapes_through_the_torch_ops():
     assert lp.grad.device.type == "meta" and lp.grad.shape == lp.shape
 
 
+@pytest.mark.parametrize("meta_argument", ["targets", "input_lengths", "target_lengths"])
+@pytest.mark.parametrize("on_logits", [False, True])
+def test_meta_index_tensors_are_named_not_a_torch_internal_error(meta_argument, on_logits):
+    """The checks and the kernels need the index values: a meta tensor has none."""
+    arguments = {"targets": torch.tensor([[1], [2]]), "input_lengths": torch.tensor([4, 3]),
+                 "target_lengths": torch.tensor([1, 1])}
+    arguments[meta_argument] = arguments[meta_argument].to("meta")
+    loss = ct.ctc_loss_from_logits if on_logits else ct.ctc_loss
+    # the Numba backend (log-probs on the CPU) names the device first; the fused path, the values
+    with pytest.raises(ValueError, match=f"^{meta_argument} (must hold values .* got a meta tensor|is on device 'meta')"):
+        loss(torch.randn(4, 2, 3).log_softmax(-1), **arguments)
+
+
 def test_backend_choice_and_devices():
     lp = torch.randn(4, 1, 3, device="meta")
     with pytest.raises(ValueError, match="log_probs is on device 'meta'; backend 'numba' computes on the CPU"):
