@@ -22,9 +22,10 @@ passes (its return type is checked), and :func:`run_openmp` passes exactly those
 
 import numpy as np
 from numba import config as numba_config
-from numba import njit, prange, typeof, types
+from numba import prange, typeof, types
 
 from .config import PARALLEL
+from .disk_cache import njit
 from .intrinsics import call_compiled
 
 CANCEL_FLAG = np.zeros(1, dtype=np.int64)

@@ -31,10 +31,10 @@ class, filled with ``score``.
 """
 
 import numpy as np
-from numba import njit
 
 from . import pool
 from .config import INLINE, NJIT
+from .disk_cache import njit
 from .intrinsics import is_set
 
 _NEG_INF = -np.inf

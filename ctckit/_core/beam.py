@@ -41,10 +41,10 @@ with probability zero, so an item always has at least one hypothesis.
 """
 
 import numpy as np
-from numba import njit
 
 from . import pool
 from .config import NJIT
+from .disk_cache import njit
 from .intrinsics import is_set
 from .loss.trellis import _logaddexp as _lae
 

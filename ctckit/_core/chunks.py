@@ -2,9 +2,9 @@
 operations this took about 60 us a call, more than a small batch's kernel)."""
 
 import numpy as np
-from numba import njit
 
 from .config import NJIT
+from .disk_cache import njit
 
 
 @njit(**NJIT)

@@ -39,10 +39,10 @@ using bi-directional recurrent DNNs", arXiv:1408.2151, 2014 (the word-level pref
 """
 
 import numpy as np
-from numba import njit
 
 from .beam import _EMPTY, _compact, _grown, _candidate_labels, _probe, _ranked, _rehashed
 from .config import HOT, INLINE, NJIT
+from .disk_cache import njit
 from .intrinsics import call_host, keep_alive, unmanaged
 from .vexp import vexp_shifted
 from .loss.trellis import _logaddexp as _lae

@@ -30,11 +30,12 @@ relative error below 3e-7), every sum is float64.
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import overload
 
 from . import buffers, pool
 from .config import HOT, INLINE, NJIT
+from .disk_cache import njit
 from .intrinsics import float_from_bits, is_set, keep_alive, unmanaged
 from .vexp import vexp32_shifted, vexp_shifted
 

@@ -18,11 +18,11 @@ pending, and the caller makes the three passes.
 """
 
 import numpy as np
-from numba import njit
 
 from . import pool
 from .addresses import CANCEL_FLAG, address_of
 from .config import HOT
+from .disk_cache import njit
 from .intrinsics import call_compiled, is_set, keep_alive, unmanaged
 from .logits import ROW_NS, _gather_row, _gradient_row, compact_columns, frame_rows, gradient_output
 from .loss.batch import _ITEM_RESULT, _plan_items

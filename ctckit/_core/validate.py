@@ -7,9 +7,9 @@ only inside its arrays: a target is read after its item's offset and length are 
 lie within ``targets``.
 """
 
-from numba import njit
 
 from .config import NJIT
+from .disk_cache import njit
 
 VALID = 0
 INPUT_LENGTH_NEGATIVE = 1

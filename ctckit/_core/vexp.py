@@ -16,9 +16,9 @@ gives 0; NaN gives NaN.
 import math
 
 import numpy as np
-from numba import njit
 
 from .config import NJIT
+from .disk_cache import njit
 from .intrinsics import bits_from_float, bits_from_float32, float32_from_bits, float_from_bits
 
 _LOG2E = 1.4426950408889634

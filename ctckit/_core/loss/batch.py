@@ -16,11 +16,12 @@ passes whatever the thread, so results do not depend on scheduling.
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
 from .. import pool
 from ..addresses import CANCEL_FLAG, address_of
 from ..config import NJIT
+from ..disk_cache import njit
 from ..intrinsics import call_compiled, is_set, unmanaged
 from .items import (
     _item_gradient_blocks, _item_gradient_log_space, _item_gradient_one_scale, _item_loss_blocks, _item_loss_log_space,

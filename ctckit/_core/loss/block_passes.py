@@ -15,9 +15,9 @@ and writes each frame's posteriors through :func:`.posteriors._store_frame`.
 """
 
 import numpy as np
-from numba import njit
 
 from ..config import HOT, INLINE
+from ..disk_cache import njit
 from ..intrinsics import is_set
 from .blocks import (
     _alpha_first_row, _alpha_row, _beta_init, _beta_row, _block, _copy_row, _end_log_likelihood, _num_blocks,

@@ -19,9 +19,9 @@ likelihood against the backward one. The passes over whole items live in
 import math
 
 import numpy as np
-from numba import njit
 
 from ..config import INLINE, LINKED, NJIT
+from ..disk_cache import njit
 from .trellis import (
     _band_blanks, _band_labels, _copy, _first_row, _LN2, _logaddexp, _NEG_INF, _path_band, _range_dot, _range_fill,
     _range_scale, _range_sum, _TINY, _U1, _UNDERFLOW, BLOCK,

@@ -14,9 +14,9 @@ The batch drivers of :mod:`.batch` call these kernels through their address.
 import math
 
 import numpy as np
-from numba import njit
 
 from ..config import INLINE, NJIT
+from ..disk_cache import njit
 from ..intrinsics import is_set, keep_alive, unmanaged
 from .block_passes import (
     _alpha_checkpoints, _alpha_pass_rolling, _alpha_segment, _backward_log_likelihood, _gradient_segment,

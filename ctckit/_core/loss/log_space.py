@@ -7,9 +7,9 @@ passes of :mod:`.block_passes` fail a check (the third round of :mod:`.batch`).
 """
 
 import numpy as np
-from numba import njit
 
 from ..config import NJIT
+from ..disk_cache import njit
 from ..intrinsics import is_set
 from .posteriors import _store_frame
 from .trellis import _log_emission, _logaddexp, _NEG_INF, CANCEL_FRAMES

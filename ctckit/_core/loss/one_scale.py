@@ -14,9 +14,9 @@ which handle it.
 """
 
 import numpy as np
-from numba import njit
 
 from ..config import HOT, INLINE
+from ..disk_cache import njit
 from .posteriors import _store_frame
 from .trellis import (
     _band_blanks, _band_labels, _copy, _emissions, _exponent, _first_row, _LN2, _LOG_P_TOLERANCE, _NEG_INF, _path_band,

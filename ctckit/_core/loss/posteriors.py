@@ -11,10 +11,10 @@ dense gradient. The block-scaled, one-scale and log-space passes all end here.
 """
 
 import numpy as np
-from numba import njit
 
 from .. import pool
 from ..config import INLINE, LINKED, NJIT
+from ..disk_cache import njit
 from ..intrinsics import is_set, unmanaged
 from .trellis import _U1, GRAD_COMPACT
 

@@ -16,9 +16,9 @@ other file of the package builds on this one; it imports none of them.
 import math
 
 import numpy as np
-from numba import njit
 
 from ..config import INLINE, LINKED, NJIT
+from ..disk_cache import njit
 from ..intrinsics import bits_from_float, float_from_bits, prefetch
 from ..vexp import vexp_shifted
 

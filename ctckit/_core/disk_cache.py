@@ -1,0 +1,107 @@
+"""Numba's on-disk cache, made safe for processes that compile at the same time.
+
+Numba keeps a function's cached machine code in numbered files (``name.1.nbc``,
+``name.2.nbc``, ...) and an index (``name.nbi``) from each key (signature, CPU, bytecode)
+to its file. A process that saves a new key reads the index, takes the first free number,
+writes the index, then the file. Two processes that compile different signatures of one
+kernel at the same time (DDP ranks, DataLoader workers, ``ctckit warmup``'s parallel
+groups, two notebooks on an empty cache) can both take the same number: the index then
+sends one signature to the other's machine code, and every later process loads it. Seen
+in ``ctckit warmup``: float64 calls given the float32 kernel ("can't unbox array"); a
+kernel compiled for contiguous arrays, given a strided view, would read the wrong memory.
+
+ctckit's kernels are made with :func:`njit` (``numba.njit``, whose cache, for a cached
+kernel, is a :class:`KeyedCacheFile`):
+
+- a data file is named by a digest of its key, so two keys never share a file;
+- a data file holds its key next to the machine code, and a load compares it with the key
+  asked for: an entry mixed up by the race above (or left by a version of ctckit without
+  this file) is a cache miss, and the kernel compiles again;
+- the index is read, changed and written under a lock (``fcntl.lockf`` on a file in the
+  cache folder; Numba's compiler lock orders the threads of one process), so no process's
+  entry is lost. Where locks are not available an entry can be lost (compiled again by a
+  later process), never mixed up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+
+import numba
+from numba.core.caching import IndexDataCacheFile
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (see the module's docstring)
+    fcntl = None
+
+LOCK_NAME = "ctckit-cache.lock"
+"""The file in a cache folder whose lock orders the index's updates."""
+
+
+class KeyedCacheFile(IndexDataCacheFile):
+    """Numba's index and data files, with data files named by and holding their key."""
+
+    def save(self, key, data):
+        name = self.data_name(key)
+        self._save_data(name, (key, data))  # first: the index never names a file still to come
+        with self._index_lock():
+            overloads = self._load_index()
+            if overloads.get(key) != name:
+                overloads[key] = name
+                self._save_index(overloads)
+
+    def load(self, key):
+        name = self._load_index().get(key)
+        if name is None:
+            return None
+        try:
+            stored = self._load_data(name)
+        except Exception:  # removed meanwhile, or not a file this class wrote
+            return None
+        if not (isinstance(stored, tuple) and len(stored) == 2 and stored[0] == key):
+            return None  # another key's machine code: compile again
+        return stored[1]
+
+    def data_name(self, key) -> str:
+        """The data file for ``key``: a digest of its text (equal keys from two processes
+        may get two names, as a key can name objects by address; two keys whose texts
+        collide are told apart by :meth:`load`)."""
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:20]
+        return self._data_name_pattern.replace("{number:d}", digest)
+
+    @contextlib.contextmanager
+    def _index_lock(self):
+        if fcntl is None:
+            yield
+            return
+        try:
+            fd = os.open(os.path.join(self._cache_path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:  # a folder we may write the cache in but not a lock file: no lock
+            yield
+            return
+        try:  # a POSIX record lock: held by this process only, not by a child it forks
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+            except OSError:  # a file system without locks
+                pass
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def keyed_cache(dispatcher):
+    """``dispatcher`` with its on-disk cache (if it has one) kept in :class:`KeyedCacheFile`."""
+    cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    if isinstance(cache_file, IndexDataCacheFile):
+        cache_file.__class__ = KeyedCacheFile
+    return dispatcher
+
+
+def njit(**options):
+    """``numba.njit(**options)`` as a decorator, its kernel's cache a :class:`KeyedCacheFile`.
+    Every ctckit kernel is made with it (a test checks)."""
+    decorate = numba.njit(**options)
+    return lambda function: keyed_cache(decorate(function))
