@@ -154,3 +154,24 @@ def test_numba_still_has_the_methods_the_keyed_cache_uses():
     """``KeyedCacheFile`` overrides ``save`` and ``load`` on Numba's private helpers."""
     for name in ("_load_index", "_save_index", "_load_data", "_save_data", "_data_name_pattern", "_cache_path"):
         assert hasattr(KeyedCacheFile(".", "x", None), name), name
+
+
+def test_an_edited_kernels_old_files_are_removed_not_piled_up(tmp_path):
+    """A new source stamp (the file edited, ctckit upgraded) starts a new index: the kernel's
+    older data files go (Numba's numbered files were overwritten; keyed ones would pile up),
+    other kernels' stay."""
+    old = KeyedCacheFile(str(tmp_path), "module.kernel-1", source_stamp=("stamp", 1))
+    key_a, key_b = (("float32[::1]",), "cpu"), (("float64[::1]",), "cpu")
+    old.save(key_a, "old code for A")
+    (tmp_path / "module.kernel-1.3.nbc").write_bytes(b"a numbered file of plain Numba")
+    other = KeyedCacheFile(str(tmp_path), "module.kernel_two-9", source_stamp=("stamp", 1))
+    other.save(key_a, "another kernel's code")
+
+    new = KeyedCacheFile(str(tmp_path), "module.kernel-1", source_stamp=("stamp", 2))
+    assert new.load(key_a) is None  # stale
+    new.save(key_b, "new code for B")
+    new.save(key_a, "new code for A")  # the index is not new any more: B stays
+    assert new.load(key_a) == "new code for A" and new.load(key_b) == "new code for B"
+    assert other.load(key_a) == "another kernel's code"
+    kernel_files = sorted(p.name for p in tmp_path.glob("module.kernel-1.*.nbc"))
+    assert kernel_files == sorted([new.data_name(key_a), new.data_name(key_b)])

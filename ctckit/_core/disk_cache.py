@@ -17,10 +17,12 @@ kernel, is a :class:`KeyedCacheFile`):
 - a data file holds its key next to the machine code, and a load compares it with the key
   asked for: an entry mixed up by the race above (or left by a version of ctckit without
   this file) is a cache miss, and the kernel compiles again;
-- the index is read, changed and written under a lock (``fcntl.lockf`` on a file in the
+- a data file and the index are written under a lock (``fcntl.lockf`` on a file in the
   cache folder; Numba's compiler lock orders the threads of one process), so no process's
   entry is lost. Where locks are not available an entry can be lost (compiled again by a
-  later process), never mixed up.
+  later process), never mixed up;
+- when a kernel's index is new (its source file changed: an edit, another version of
+  ctckit), its older data files are removed, as Numba's numbering would have reused them.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ class KeyedCacheFile(IndexDataCacheFile):
 
     def save(self, key, data):
         name = self.data_name(key)
-        self._save_data(name, (key, data))  # first: the index never names a file still to come
         with self._index_lock():
+            self._save_data(name, (key, data))  # first: the index never names a file still to come
             overloads = self._load_index()
+            if not overloads:  # a new index: files of an edited or upgraded kernel are stale
+                self._remove_data_files(keep=name)
             if overloads.get(key) != name:
                 overloads[key] = name
                 self._save_index(overloads)
@@ -71,6 +75,19 @@ class KeyedCacheFile(IndexDataCacheFile):
         collide are told apart by :meth:`load`)."""
         digest = hashlib.sha256(repr(key).encode()).hexdigest()[:20]
         return self._data_name_pattern.replace("{number:d}", digest)
+
+    def _remove_data_files(self, keep: str):
+        """Removes this kernel's data files but ``keep``: Numba's numbered files were reused
+        by later saves; files named by key would pile up with each edit or version."""
+        prefix, suffix = self._data_name_pattern.split("{number:d}")
+        try:
+            names = os.listdir(self._cache_path)
+        except OSError:
+            return
+        for stale in names:
+            if stale != keep and stale.startswith(prefix) and stale.endswith(suffix) and ".tmp." not in stale:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self._cache_path, stale))
 
     @contextlib.contextmanager
     def _index_lock(self):
