@@ -16,6 +16,7 @@ import time
 import numba
 
 import ctckit._core
+from ctckit._core import disk_cache
 from ctckit._core.disk_cache import KeyedCacheFile
 
 
@@ -175,3 +176,28 @@ def test_an_edited_kernels_old_files_are_removed_not_piled_up(tmp_path):
     assert other.load(key_a) == "another kernel's code"
     kernel_files = sorted(p.name for p in tmp_path.glob("module.kernel-1.*.nbc"))
     assert kernel_files == sorted([new.data_name(key_a), new.data_name(key_b)])
+
+
+def test_a_save_waits_for_the_lock_then_goes_on_without_it(tmp_path):
+    """A process stopped while it holds the lock (Ctrl-Z) delays others' saves, never hangs them."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        fd = os.open({str(tmp_path / disk_cache.LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        fd = os.open(tmp_path / disk_cache.LOCK_NAME, os.O_RDWR)
+        start = time.monotonic()
+        assert disk_cache._lock_or_give_up(fd, 0.3) is False
+        assert 0.3 <= time.monotonic() - start < 5
+        os.close(fd)
+        holder.kill()
+        holder.wait()
+        fd = os.open(tmp_path / disk_cache.LOCK_NAME, os.O_RDWR)
+        assert disk_cache._lock_or_give_up(fd, 0.3) is True  # released with its holder
+        os.close(fd)
+    finally:
+        holder.kill()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 
 import numba
 from numba.core.caching import IndexDataCacheFile
@@ -41,6 +42,9 @@ except ImportError:  # not POSIX: no lock (see the module's docstring)
 
 LOCK_NAME = "ctckit-cache.lock"
 """The file in a cache folder whose lock orders the index's updates."""
+LOCK_PATIENCE_S = 30.0
+"""How long a save waits for the lock (held for milliseconds, unless its holder is stopped,
+as by Ctrl-Z) before it goes on without it: an entry may then be lost, never mixed up."""
 
 
 class KeyedCacheFile(IndexDataCacheFile):
@@ -100,13 +104,25 @@ class KeyedCacheFile(IndexDataCacheFile):
             yield
             return
         try:  # a POSIX record lock: held by this process only, not by a child it forks
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX)
-            except OSError:  # a file system without locks
-                pass
+            _lock_or_give_up(fd, LOCK_PATIENCE_S)
             yield
         finally:
             os.close(fd)  # releases the lock
+
+
+def _lock_or_give_up(fd: int, patience_s: float) -> bool:
+    """Takes the lock on ``fd``, waiting at most ``patience_s``; False if it went without."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except (BlockingIOError, PermissionError):  # held by another process
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        except OSError:  # a file system without locks
+            return False
 
 
 def keyed_cache(dispatcher):
