@@ -140,3 +140,25 @@ def test_an_error_filter_prints_it_instead_of_raising_it_on_the_timer_thread(not
         warnings.filterwarnings("error", category=CompileWarning)
         _compile(notice, _kernel(), 0.3)
     assert NOTICE in capsys.readouterr().err
+
+
+def test_compiling_half_float_logits_batch_first_raises_no_numba_warning(tmp_path):
+    """A user running with ``-W error`` (or pytest's ``filterwarnings = error``) compiles
+    every kernel under it: Numba's own warnings must not fire there. The gradient on float16
+    logits given batch first once made Numba's SSA pass warn ("please report"), an error
+    under ``-W error``."""
+    script = tmp_path / "half.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np
+        import ctckit.numpy as cn
+        rng = np.random.default_rng(0)
+        logits = rng.standard_normal((2, 30, 6)).astype(np.float16).transpose(1, 0, 2)
+        loss, grad = cn.ctc_loss_and_grad_from_logits(logits, [[1, 2, 2], [3, 4, 5]], [30, 27], [3, 3])
+        assert np.isfinite(loss) and np.isfinite(grad).all()
+        print("ok")
+    """))
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONWARNINGS"}
+    result = subprocess.run([sys.executable, "-W", "error", str(script)], capture_output=True, text=True,
+                            env={**environment, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "CTCKIT_QUIET_COMPILE": "1"})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    assert "Warning" not in result.stderr, result.stderr[-3000:]

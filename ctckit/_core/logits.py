@@ -34,7 +34,7 @@ from numba import types
 from numba.extending import overload
 
 from . import buffers, pool
-from .config import HOT, INLINE, NJIT
+from .config import HOT, INLINE, LINKED, NJIT
 from .disk_cache import njit
 from .intrinsics import float_from_bits, is_set, keep_alive, unmanaged
 from .vexp import vexp32_shifted, vexp_shifted
@@ -168,12 +168,16 @@ def _from_fields(bits, exponent_bits, mantissa_bits, bias):
     return -value if (bits >> (exponent_bits + mantissa_bits)) & 1 else value
 
 
-@njit(**INLINE)
+# Linked, not inlined at Numba's IR level: inlined three levels deep into a loop over a
+# batch-major row, Numba's SSA pass lost a variable of _from_fields's selects and warned
+# (NumbaIRAssumptionWarning, "please report"), an error under `-W error` or pytest's
+# `filterwarnings = error`. LLVM inlines them: the same machine code.
+@njit(**LINKED)
 def _float16_value(bits):
     return _from_fields(bits, 5, 10, 15)
 
 
-@njit(**INLINE)
+@njit(**LINKED)
 def _bfloat16_value(bits):
     return _from_fields(bits, 8, 7, 127)
 
