@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core, _decode
+from ._core.half_rounding import float16_from_float32
 from ._decode import TokenSpan
 from ._inputs import as_kernel_array, as_logits_array, check_gradient, check_options, prepare, reduction_weights
 from ._words import WordSpan, align_words, to_dicts, to_srt, to_webvtt, word_spans
@@ -34,7 +35,7 @@ def _losses_and_grad(log_probs, targets, input_lengths, target_lengths, blank, r
         loss = np.asarray(np.dot(weights, nll))
     loss = loss.astype(out_dtype)
     if grad is not None:
-        grad = (grad if shapes.batched else grad[:, 0, :]).astype(out_dtype, copy=False)
+        grad = _in_dtype(grad if shapes.batched else grad[:, 0, :], out_dtype)
     return loss, grad
 
 
@@ -77,6 +78,14 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     return _losses_and_grad(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, True, gradient)
 
 
+def _in_dtype(values: np.ndarray, dtype) -> np.ndarray:
+    """``values`` (float32 or float64, C order) as ``dtype``; float16 rounded by the core,
+    as NumPy takes 65 ns a value whose half is subnormal (most of a float16 gradient's)."""
+    if dtype == np.float16 and values.dtype == np.float32:
+        return float16_from_float32(values)
+    return values.astype(dtype, copy=False)
+
+
 def _from_logits(logits, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, dim, want_grad):
     blank, reduction, zero_infinity = check_options(blank, reduction, zero_infinity)
     array, fmt, dtype = as_logits_array(logits, dim)
@@ -88,7 +97,7 @@ def _from_logits(logits, targets, input_lengths, target_lengths, blank, reductio
         nll, _ = _core.negative_log_likelihood_from_logits(batched_view, fmt, batch, blank, False)
     else:
         nll, _, grad = _core.loss_and_gradient_from_logits(batched_view, fmt, batch, blank, weights)
-        grad = np.moveaxis(grad if shapes.batched else grad[:, 0, :], -1, dim).astype(dtype, copy=False)
+        grad = np.moveaxis(_in_dtype(grad if shapes.batched else grad[:, 0, :], dtype), -1, dim)
     if zero_infinity:
         nll[nll == np.inf] = 0.0
     loss = (nll if shapes.batched else nll.reshape(())) if reduction == "none" else np.asarray(np.dot(weights, nll))
