@@ -186,6 +186,9 @@ def test_set_num_threads_checks_its_argument():
 
 INTERRUPTED = """
 import signal
+# Python's own Ctrl-C handler, even where the suite was started with SIGINT ignored (a
+# background job of a shell without job control), which every child inherits
+signal.signal(signal.SIGINT, signal.default_int_handler)
 {setup}
 {warmup}  # compiles, or loads the kernels from the cache, before the clock starts
 print("ready", flush=True)
