@@ -48,9 +48,12 @@ def ctc_loss(logits, logit_paddings, labels, label_paddings, *, blank_id: int = 
     r"""Per-sequence CTC losses (B,) of ``log_softmax(logits)``, as ``optax.ctc_loss``.
 
     Args:
-        logits: (B, T, K) unnormalised scores, float16, bfloat16, float32 or float64.
-        logit_paddings: (B, T), 1 on padded frames (skipped wherever they are), 0 elsewhere.
-        labels: (B, N) integer labels in ``[0, K)``, never ``blank_id`` where not padded.
+        logits: (B, T, K) unnormalised scores, float16, bfloat16, float32 or float64 (read
+            as they are), or another float type such as float8 (computed in float32).
+        logit_paddings: (B, T), 1 on padded frames (skipped wherever they are), 0 elsewhere
+            (any real dtype; -0.0 is 0).
+        labels: (B, N) integer labels in ``[0, K)``, never ``blank_id`` where not padded
+            (NumPy int64 labels are checked before JAX, without x64, makes them int32).
         label_paddings: (B, N), 1 on padded labels (right padding), 0 elsewhere.
         blank_id: the blank's class.
         log_epsilon: accepted for optax's signature; unused (no finite stand-in for
@@ -62,15 +65,65 @@ def ctc_loss(logits, logit_paddings, labels, label_paddings, *, blank_id: int = 
     .. math:: \mathrm{loss}_b = -\log \sum_{\pi \in \mathcal{B}^{-1}(l_b)} \prod_{t \notin \mathrm{pad}_b}
         \frac{e^{x_{b,t,\pi_t}}}{\sum_k e^{x_{b,t,k}}}
     """
-    logits, logit_paddings, labels, label_paddings = (jnp.asarray(a) for a in (logits, logit_paddings, labels,
-                                                                                label_paddings))
+    logits = _as_jax(logits, "logits")
+    labels = _labels_as_given(labels, label_paddings, logits.shape[-1] if logits.ndim else 0)
+    logit_paddings, labels, label_paddings = (_as_jax(a, name) for a, name in (
+        (logit_paddings, "logit_paddings"), (labels, "labels"), (label_paddings, "label_paddings")))
     _check(logits, logit_paddings, labels, label_paddings)
     blank = check_blank(blank_id, logits.shape[2])
+    given = logits.dtype
+    if given not in _READ:  # float8 and the like: computed in float32
+        logits = logits.astype(jnp.float32)
+    if labels.dtype not in _LABELS:  # int4 and the like
+        labels = labels.astype(jnp.int32)
+    # the paddings as 0/1, compared in their own dtype here: -0.0 is not padding, and no dtype
+    # needs reading on the host (half floats' bits would make -0.0 a nonzero 0x8000)
+    logit_paddings, label_paddings = ((p != 0).astype(jnp.int8) for p in (logit_paddings, label_paddings))
     if not any(isinstance(a, jax.core.Tracer) for a in (logit_paddings, labels, label_paddings)):
         # concrete indices (not under jit): checked here, so that a bad label raises CTCInputError itself
         # (under jit the callback raises it, wrapped in XLA's runtime error)
         _host_indices(logits.shape, logit_paddings, labels, label_paddings, blank)
-    return _loss(logits, logit_paddings, labels, label_paddings, blank)
+    return _loss(logits, logit_paddings, labels, label_paddings, blank).astype(given)
+
+
+_READ = {jnp.dtype(t) for t in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)}
+"""Logits dtypes the core reads as they are."""
+_LABELS = {jnp.dtype(t) for t in (jnp.int8, jnp.int16, jnp.int32, jnp.int64, jnp.uint8, jnp.uint16, jnp.uint32, jnp.uint64)}
+"""Label dtypes that cross to the host as they are."""
+
+
+def _as_jax(value, name: str):
+    try:
+        return jnp.asarray(value)
+    except (TypeError, ValueError, OverflowError) as error:  # ragged lists, objects, ints beyond 64 bits
+        raise TypeError(f"{name} must be an array, got {type(value).__name__} that JAX cannot convert: {error}") from None
+
+
+def _labels_as_given(labels, label_paddings, classes: int):
+    """``labels`` that are not a JAX array, checked before JAX converts them: without x64,
+    JAX turns int64 into int32, which would wrap a label out of range into a valid one."""
+    if isinstance(labels, jax.Array):
+        return labels
+    try:
+        array = np.asarray(labels)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise TypeError(f"labels must be a (B, N) integer array, got {type(labels).__name__}: {error}") from None
+    if array.dtype.kind not in "iu":
+        if array.dtype == object:  # Python ints beyond 64 bits
+            raise TypeError("labels must have an integer dtype, got Python values NumPy holds as objects")
+        return array  # _check names the dtype
+    canonical = jax.dtypes.canonicalize_dtype(array.dtype)
+    if canonical == array.dtype or array.ndim != 2:
+        return array
+    info = np.iinfo(canonical)
+    used = np.ones(array.shape, dtype=bool)
+    if not isinstance(label_paddings, jax.core.Tracer) and np.shape(label_paddings) == array.shape:
+        used = np.asarray(label_paddings) == 0
+    wraps = used & ((array < info.min) | (array > info.max))
+    if wraps.any():
+        b, n = np.argwhere(wraps)[0]
+        raise CTCInputError(f"labels[{b}, {n}] (batch index {b}) = {array[b, n]} is outside [0, C) = [0, {classes})")
+    return array
 
 
 def _check(logits, logit_paddings, labels, label_paddings) -> None:

@@ -299,3 +299,49 @@ def test_an_error_inside_the_ffi_handler_reaches_the_caller():
     step = jax.jit(jax.grad(lambda x, lb: cj.ctc_loss(x, jnp.zeros((2, 5)), lb, jnp.zeros((2, 2))).sum()))
     with pytest.raises(Exception, match=r"CTCInputError: labels\[0, 1\] \(batch index 0\) = 9"):
         np.asarray(step(np.zeros((2, 5, 7), np.float32), labels))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_negative_zero_paddings_mean_not_padded_in_every_dtype(dtype):
+    """``-(mask - 1)`` gives -0.0: as 0.0, not padding (half floats once crossed to the host
+    as their bits, where -0.0 is 0x8000, nonzero: every frame and label counted as padding)."""
+    case = _random_case(np.random.default_rng(3), batch=3, frames=12, classes=6, max_labels=4)
+    logits, logit_paddings, labels, label_paddings = case
+    want = np.asarray(cj.ctc_loss(logits, logit_paddings, labels, label_paddings))
+    negative = [jnp.where(jnp.asarray(p) == 0, -0.0, jnp.asarray(p)).astype(dtype) for p in (logit_paddings, label_paddings)]
+    assert np.signbit(np.asarray(negative[0], np.float32)).any()
+    for call in (cj.ctc_loss, jax.jit(cj.ctc_loss)):
+        np.testing.assert_array_equal(np.asarray(call(logits, negative[0], labels, negative[1])), want)
+
+
+def test_int64_labels_out_of_int32_range_are_named_not_wrapped():
+    """Without x64 JAX turns int64 into int32: 2**32 + 1 would become 1, a valid label."""
+    assert not jax.config.jax_enable_x64
+    logits, paddings = np.zeros((1, 6, 4), np.float32), np.zeros((1, 6))
+    for labels in (np.array([[2**32 + 1, 2]]), [[2**32 + 1, 2]], np.array([[2**64 - 2**32 + 1, 2]], np.uint64)):
+        with pytest.raises(CTCInputError, match=r"labels\[0, 0\] \(batch index 0\) = \d+ is outside \[0, C\) = \[0, 4\)"):
+            cj.ctc_loss(logits, paddings, labels, np.zeros((1, 2)))
+    # in a padded position it is never read, as any other padding value
+    loss = cj.ctc_loss(logits, paddings, np.array([[2, 2**32 + 1]]), np.array([[0.0, 1.0]]))
+    np.testing.assert_array_equal(np.asarray(loss), np.asarray(cj.ctc_loss(logits, paddings, [[2, 0]], [[0.0, 1.0]])))
+    with pytest.raises(TypeError, match="^labels must"):
+        cj.ctc_loss(logits, paddings, [[2**70, 2]], np.zeros((1, 2)))
+
+
+def test_narrow_dtypes_are_computed_not_refused_by_the_ffi():
+    """float8 logits, float8 or int4 paddings and int4 labels: what XLA's buffers of these
+    types would hold is not read on the host; they are converted in JAX first."""
+    import ml_dtypes
+
+    case = _random_case(np.random.default_rng(4), batch=3, frames=12, classes=6, max_labels=4)
+    logits, logit_paddings, labels, label_paddings = case
+    f8 = jnp.asarray(logits).astype(ml_dtypes.float8_e4m3fn)
+    want = np.asarray(cj.ctc_loss(f8.astype(jnp.float32), logit_paddings, labels, label_paddings))
+    narrow = (f8, jnp.asarray(logit_paddings).astype(ml_dtypes.float8_e4m3fn), jnp.asarray(labels).astype(jnp.int4),
+              jnp.asarray(label_paddings).astype(jnp.int4))
+    for call in (cj.ctc_loss, jax.jit(cj.ctc_loss)):
+        loss = call(*narrow)
+        assert loss.dtype == f8.dtype
+        np.testing.assert_array_equal(np.asarray(loss), want.astype(ml_dtypes.float8_e4m3fn))
+    grad = jax.jit(jax.grad(lambda x: cj.ctc_loss(x, *narrow[1:]).astype(jnp.float32).sum()))(f8)
+    assert grad.dtype == f8.dtype and np.isfinite(np.asarray(grad, np.float32)).all()
