@@ -161,6 +161,7 @@ def forced_align(log_probs, targets, input_lengths, target_lengths, blank=0, *, 
     label, score = _wildcard_label(wildcard, classes, blank, compute)
     classes += int(label >= 0)  # targets may hold the wildcard's label C
     _, batch = alignable_batch((frames, size, classes) if batched else (frames, classes), targets, input_lengths, target_lengths, blank)
+    given = array.dtype  # the scores' (float16 and the like are computed in float32)
     array = kernel_array(array, batch.input_lengths, compute)
     alignments = np.full((size, frames), -1, dtype=np.int64)
     scores = np.zeros((size, frames), dtype=array.dtype)
@@ -168,6 +169,7 @@ def forced_align(log_probs, targets, input_lengths, target_lengths, blank=0, *, 
     viterbi_batch(array, batch.targets, batch.offsets, batch.input_lengths, batch.target_lengths, int(blank), alignments, scores, best,
                   label, score)
     check_aligned(best, array, batch, int(blank))
+    scores = scores.astype(given, copy=False)
     return (alignments, scores) if batched else (alignments[0], scores[0])
 
 

@@ -229,7 +229,7 @@ def check_values(shapes: Shapes, targets: np.ndarray, input_lengths, target_leng
     what the kernels read, whatever the caller does with its own arrays meanwhile.
     """
     check_blank(blank, shapes.classes)
-    for name, array in (("targets", targets), ("input_lengths", input_lengths), ("target_lengths", target_lengths)):
+    for name, array in ((labels, targets), ("input_lengths", input_lengths), ("target_lengths", target_lengths)):
         if array.dtype.kind not in "iu":
             raise TypeError(f"{name} must have an integer dtype (int32 or int64), got {array.dtype}")
     flat, exact_targets = _owned_int64(targets)

@@ -476,3 +476,30 @@ def test_the_partial_selection_keeps_the_best_in_candidate_order(rng):
         assert origins[:width].tolist() == sorted(best) and labels[:width].tolist() == [-a for a in sorted(best)]
         np.testing.assert_array_equal(kept_totals[:width], totals[sorted(best)])
         assert threshold == totals[best[-1]]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_forced_align_scores_come_in_the_dtype_of_log_probs(dtype):
+    """As the docstring says, and as ctckit.torch does (half types are computed in float32)."""
+    import ml_dtypes
+
+    numpy_dtype = np.dtype(getattr(ml_dtypes, dtype) if dtype == "bfloat16" else dtype)
+    log_probs = log_softmax(np.random.default_rng(6).standard_normal((8, 2, 5))).astype(numpy_dtype)
+    args = ([[1, 2], [3, 3]], [8, 7], [2, 2])
+    alignments, scores = cn.forced_align(log_probs, *args)
+    assert scores.dtype == numpy_dtype
+    compute = np.float32 if numpy_dtype.itemsize < 4 else numpy_dtype
+    wide_alignments, wide_scores = cn.forced_align(log_probs.astype(compute), *args)
+    np.testing.assert_array_equal(alignments, wide_alignments)
+    np.testing.assert_array_equal(scores, wide_scores.astype(numpy_dtype))
+    torch_scores = ct.forced_align(torch.from_numpy(log_probs.astype(np.float32)).to(getattr(torch, dtype)),
+                                   torch.tensor(args[0]), torch.tensor(args[1]), torch.tensor(args[2]))[1]
+    assert str(torch_scores.dtype) == f"torch.{dtype}"
+
+
+def test_a_frontend_that_calls_its_targets_labels_is_named_so():
+    from ctckit._inputs import check_shapes, check_values
+
+    shapes = check_shapes((5, 1, 4), (1, 2), (1,), (1,), "logits")
+    with pytest.raises(TypeError, match="^labels must have an integer dtype"):
+        check_values(shapes, np.ones((1, 2), np.float32), np.array([5]), np.array([2]), 0, labels="labels")
