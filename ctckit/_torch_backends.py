@@ -140,6 +140,9 @@ class _Numba(Backend):
         log_probs = log_probs if log_probs.dtype in KERNEL_DTYPES else log_probs.float()  # as Backend.accept
         for name, tensor in (("log_probs", log_probs), ("targets", targets), ("input_lengths", input_lengths),
                              ("target_lengths", target_lengths)):
+            if not tensor.is_cpu and log_probs.is_cpu:  # backend="auto" chose Numba too: say what to move
+                raise ValueError(f"{name} is on device '{tensor.device}' and log_probs on the CPU, where the loss "
+                                 f"is computed: pass {name} on the CPU")
             if not tensor.is_cpu:
                 raise ValueError(f"{name} is on device '{tensor.device}'; backend 'numba' computes on the CPU "
                                  "(pass CPU tensors, or backend='auto' or 'torch')")

@@ -85,7 +85,8 @@ def test_meta_index_tensors_are_named_not_a_torch_internal_error(meta_argument, 
     arguments[meta_argument] = arguments[meta_argument].to("meta")
     loss = ct.ctc_loss_from_logits if on_logits else ct.ctc_loss
     # the Numba backend (log-probs on the CPU) names the device first; the fused path, the values
-    with pytest.raises(ValueError, match=f"^{meta_argument} (must hold values .* got a meta tensor|is on device 'meta')"):
+    with pytest.raises(ValueError, match=f"^{meta_argument} (must hold values .* got a meta tensor|is on device 'meta' "
+                                         f"and log_probs on the CPU, where the loss is computed: pass {meta_argument} on the CPU$)"):
         loss(torch.randn(4, 2, 3).log_softmax(-1), **arguments)
 
 
