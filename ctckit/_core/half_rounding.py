@@ -31,7 +31,7 @@ _NORMAL = (127 - 14) << 23  # 2^-14: the smallest normal half
 _HALF = 126 << 23  # float32 bits of 0.5: its quantum is 2^-24
 
 
-@njit(cache=True, nogil=True, error_model="numpy")  # no fastmath: the float32 add must round as IEEE says
+@njit(**NJIT)  # no reassociation or nsz: the float32 add must round as IEEE says (``contract`` fuses nothing here)
 def _half_bits(value):
     f = np.int64(bits_from_float32(value)) & 0xFFFFFFFF
     sign = (f >> 16) & 0x8000
