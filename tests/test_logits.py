@@ -855,3 +855,52 @@ def test_a_certain_target_never_gets_a_negative_loss(dtype):
     for name, losses in results.items():
         assert (losses[feasible] >= 0).all(), name
         np.testing.assert_allclose(losses[feasible], expected[feasible], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("kind", ["float32", "float64", "float16 bits"])
+def test_loss_alone_an_item_at_a_time_gives_the_bits_of_the_two_passes(kind, batch_first, rng, monkeypatch):
+    # Without a gradient, batches of short items and few classes take one kernel that
+    # gathers an item's frames and runs its recursion before the next item
+    # (logits_step.loss_only). Its losses must be those of the gather pass over the whole
+    # batch followed by the core's rounds, bit for bit; an item the first round rejects
+    # (peaky frames, a path below float64's range) and more than MAX_CLASSES classes on
+    # time-first logits send the batch back to those two passes.
+    from ctckit import _core
+    from ctckit._core import logits_step
+    from ctckit._core.indices import Batch
+
+    x, labels, input_lengths = _edge_problem(rng, blank=2, frames=40, classes=9, scale=4.0)
+    x0, labels0, _ = _edge_problem(rng, blank=0, frames=40, classes=9, scale=4.0)
+    peaky = np.full((40, 1, 9), -1000.0)  # as ctckit.warmup's peaky batch: the log-space round
+    for t in range(20):
+        peaky[t, 0, 1 + t // 4] = peaky[20 + t, 0, 1 + t // 4] = 0.0
+        peaky[t, 0, 0], peaky[20 + t, 0, 0] = -40.0, -100.0
+    wide = 3.0 * rng.standard_normal((40, 2, logits_step.MAX_CLASSES + 1))  # one kernel only batch-first
+    cases = [(x, labels, input_lengths, 2, True),
+             (np.concatenate([x0[:, :2], peaky], axis=1), labels0[:2] + [[1, 2, 3, 4, 5]], [40, 38, 40], 0, False),
+             (wide, [[5, logits_step.MAX_CLASSES, 5], [7]], [40, 33], 0, batch_first)]
+    taken = []
+    stepped = logits_step.loss_only
+    monkeypatch.setattr(logits_step, "loss_only", lambda *a: taken.append(stepped(*a)) or taken[-1])
+    for values, item_labels, lengths, blank, one_kernel in cases:
+        if batch_first:
+            values = np.ascontiguousarray(values.transpose(1, 0, 2)).transpose(1, 0, 2)
+        fmt = _core.FORMAT_FLOAT
+        if kind == "float32":
+            values = values.astype(np.float32)
+        elif kind == "float16 bits":
+            values, fmt = values.astype(np.float16).view(np.uint16), _core.FORMAT_FLOAT16
+        concatenated = np.array([c for seq in item_labels for c in seq], dtype=np.int64)
+        assert ((0 <= concatenated) & (concatenated < values.shape[2]) & (concatenated != blank)).all()  # unchecked here
+        target_lengths = np.array([len(seq) for seq in item_labels], dtype=np.int64)
+        batch = Batch(concatenated, np.concatenate([[0], np.cumsum(target_lengths)[:-1]]).astype(np.int64),
+                      np.asarray(lengths, dtype=np.int64), target_lengths)
+        taken.clear()
+        alone, saved = _core.negative_log_likelihood_from_logits(values, fmt, batch, blank, False)
+        assert saved is None and len(taken) == 1 and (taken[0] is not None) == one_kernel
+        with monkeypatch.context() as m:
+            m.setattr(logits_step, "loss_only", lambda *a: None)
+            two_passes, _ = _core.negative_log_likelihood_from_logits(values, fmt, batch, blank, False)
+        assert alone.tobytes() == two_passes.tobytes()
+        assert np.isinf(alone).any() == (blank == 2)  # the edge problem's infeasible item

@@ -63,7 +63,7 @@ def test_every_batch_kernel_caches_to_disk():
     from ctckit._core.loss import batch, posteriors
 
     kernels = [batch.loss_items, batch.gradient_items, posteriors._scatter_frames, align._viterbi_items, beam._beam_items,
-               logits._gather_frames, logits._gradient_frames, logits_step.step_items, addresses.each_openmp,
+               logits._gather_frames, logits._gradient_frames, logits_step.step_items, logits_step.loss_items, addresses.each_openmp,
                *batch._LOSS_ROUNDS, *batch._GRADIENT_ROUNDS]
     for kernel in kernels:
         assert type(kernel._cache).__name__ != "NullCache", kernel.py_func.__name__

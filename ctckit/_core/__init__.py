@@ -96,6 +96,10 @@ def negative_log_likelihood_from_logits(logits: np.ndarray, fmt: int, batch: Bat
                                                 False)
         if stepped is not None:
             return _never_negative(stepped[0]), stepped[1]
+    else:
+        stepped = logits_step.loss_only(logits, fmt, batch, blank, width)
+        if stepped is not None:
+            return _never_negative(stepped[0]), None
     columns, class_of_column = compact_columns(batch.targets, batch.offsets, batch.target_lengths, logits.shape[2], blank,
                                                -1 if width is None else width)
     lse, compact = gather_log_probs(logits, fmt, batch.input_lengths, class_of_column)
