@@ -77,10 +77,13 @@ def provider_optax(problem):
     logit_pad = jnp.asarray((np.arange(frames)[None, :] >= problem.input_lengths[:, None]).astype(np.float32))
     labels = jnp.asarray(problem.targets.astype(np.int32))
     label_pad = jnp.asarray((np.arange(max_target)[None, :] >= problem.target_lengths[:, None]).astype(np.float32))
-    losses_fn = jax.jit(lambda x: optax.ctc_loss(x, logit_pad, labels, label_pad, blank_id=0))
-    grad_fn = jax.jit(jax.value_and_grad(lambda x: optax.ctc_loss(x, logit_pad, labels, label_pad, blank_id=0).sum()))
-    losses = np.asarray(losses_fn(logits))
-    return losses, lambda: losses_fn(logits).block_until_ready(), lambda: grad_fn(logits)[1].block_until_ready()
+    # the batch as arguments, as in a training step (closed over, XLA folds it in as constants)
+    losses_fn = jax.jit(lambda x, *batch: optax.ctc_loss(x, *batch, blank_id=0))
+    grad_fn = jax.jit(jax.value_and_grad(lambda x, *batch: optax.ctc_loss(x, *batch, blank_id=0).sum()))
+    batch = (logit_pad, labels, label_pad)
+    losses = np.asarray(losses_fn(logits, *batch))
+    return (losses, lambda: losses_fn(logits, *batch).block_until_ready(),
+            lambda: grad_fn(logits, *batch)[1].block_until_ready())
 
 
 def load_provider(name, problem):

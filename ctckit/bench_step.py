@@ -85,11 +85,15 @@ def _jax_step(logits, problem, loss_fn, forward=False):
     logit_pad = jnp.asarray((np.arange(frames)[None, :] >= problem.input_lengths[:, None]).astype(np.float32))
     labels = jnp.asarray(problem.targets.astype(np.int32))
     label_pad = jnp.asarray((np.arange(max_target)[None, :] >= problem.target_lengths[:, None]).astype(np.float32))
-    losses_fn = jax.jit(lambda z: loss_fn(z, logit_pad, labels, label_pad, blank_id=0))
-    grad_fn = jax.jit(jax.value_and_grad(lambda z: loss_fn(z, logit_pad, labels, label_pad, blank_id=0).sum()))
+    # the labels and paddings are arguments, as a training step's batch is: closed over, they
+    # would be constants that XLA folds into the compiled function (optax's ocr forward took
+    # 4.6 ms so, 9.8 ms with them as arguments; see benchmarks/NOTES.md, section 46)
+    losses_fn = jax.jit(lambda z, *batch: loss_fn(z, *batch, blank_id=0))
+    grad_fn = jax.jit(jax.value_and_grad(lambda z, *batch: loss_fn(z, *batch, blank_id=0).sum()))
+    batch = (logit_pad, labels, label_pad)
     if forward:  # the losses alone, under jit
-        return np.asarray(losses_fn(x), dtype=np.float64), lambda: losses_fn(x).block_until_ready()
-    return np.asarray(losses_fn(x), dtype=np.float64), lambda: grad_fn(x)[1].block_until_ready()
+        return np.asarray(losses_fn(x, *batch), dtype=np.float64), lambda: losses_fn(x, *batch).block_until_ready()
+    return np.asarray(losses_fn(x, *batch), dtype=np.float64), lambda: grad_fn(x, *batch)[1].block_until_ready()
 
 
 def step_ctckit_jax(logits, problem):
