@@ -184,6 +184,43 @@ def test_set_num_threads_checks_its_argument():
         ctckit.set_num_threads(100000)
 
 
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("chunks", ["all short", "some long"])
+def test_a_call_never_runs_on_more_threads_than_set(threads, chunks, monkeypatch):
+    # ctckit's pool cuts a long call into chunks that shrink towards the end. The calling
+    # thread used to take the short tail chunks while `threads` workers ran the long ones:
+    # set_num_threads(1) ran on two threads (a 100 x 640 x 100 step: 1.9 CPU seconds a
+    # second). Each chunk here sleeps, so any chunks allowed to overlap do.
+    from ctckit._core import pool
+
+    monkeypatch.setattr(pool, "_openmp_allowed", lambda threads: False)
+    if chunks == "all short":  # the calling thread takes chunks too
+        costs = np.full(40, 0.4e6)
+    else:  # some chunks too long for the calling thread: the workers alone
+        costs = np.full(40, 3e6)
+        costs[0] = 2 * pool.CALLER_CHUNK_COST
+    running, most, lock, ran = [0], [0], threading.Lock(), []
+
+    def task(items, cancel):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+            ran.extend(items.tolist())
+
+    before = ctckit.get_num_threads()
+    ctckit.set_num_threads(threads)
+    try:
+        pool.run(task, costs)
+    finally:
+        ctckit.set_num_threads(before)
+    assert sorted(ran) == list(range(40))
+    assert most[0] == threads  # as many as allowed, never more
+
+
 INTERRUPTED = """
 import signal
 # Python's own Ctrl-C handler, even where the suite was started with SIGINT ignored (a

@@ -13,12 +13,14 @@ thread. Numba's ``parallel=True`` alone is not safe for a library in a user's pr
   when it first needs one (``os.register_at_fork``).
 - **Ctrl-C**: Python handles a signal only between bytecodes of the main thread, so a
   kernel that holds the calling thread for seconds answers Ctrl-C seconds late. Here the
-  calling thread only runs chunks that are estimated to be short (``CALLER_CHUNK_COST``);
-  for the rest it waits on a lock, which a signal interrupts. On ``KeyboardInterrupt`` (or
+  calling thread runs chunks only when every chunk of the call is estimated to be short
+  (``CALLER_CHUNK_COST``); otherwise it waits on a lock, which a signal interrupts, while
+  the workers run them. On ``KeyboardInterrupt`` (or
   any exception) it raises the job's cancel flag, which the kernels read between items and
   every few frames (:func:`ctckit._core.intrinsics.is_set`), and re-raises.
 - **threads**: any number of Python threads may call ctckit at once; their jobs share the
-  pool, and each caller also works on its own job.
+  pool. One call never runs on more than ``get_num_threads()`` threads at a time, the
+  calling thread included.
 
 Short calls (under ``OPENMP_COST``) still run on Numba's OpenMP layer where that is safe
 (not in a forked child; see :func:`_openmp_allowed`): one ``parallel=True`` loop over the
@@ -51,8 +53,9 @@ SERIAL_COST = 300_000
 worker and back costs 50-80 us (Python, two thread wake-ups, two hand-overs of the GIL),
 more than it saves on a smaller batch (measured on docs: 0.15 ms alone, 0.17 ms shared)."""
 CALLER_CHUNK_COST = 20_000_000
-"""The calling thread takes only chunks estimated below this (20 ms), so that it answers
-Ctrl-C within a fraction of a second; longer chunks go to the workers."""
+"""The calling thread takes part only in calls whose chunks are all estimated below this
+(20 ms), so that it answers Ctrl-C within a fraction of a second; a call with a longer
+chunk runs on the workers alone."""
 CHUNK_COST = 250_000
 """Work is cut in one chunk per thread, or for longer work in chunks that shrink as the
 work left does, down to about this many ns: each chunk costs a few microseconds of Python
@@ -152,7 +155,7 @@ if hasattr(os, "register_at_fork"):
 
 def _work_forever(jobs: queue.SimpleQueue) -> None:
     while True:
-        jobs.get().work(caller=False)
+        jobs.get().work()
 
 
 def _start_workers(count: int) -> None:
@@ -166,14 +169,11 @@ def _start_workers(count: int) -> None:
 
 
 class _Job:
-    """The chunks of one call, taken in order (they shrink towards the end); the calling
-    thread takes only chunks shorter than ``CALLER_CHUNK_COST``, from the back when the
-    next one is not."""
+    """The chunks of one call, taken in order (they shrink towards the end)."""
 
-    def __init__(self, task: Task, chunks: list, chunk_costs: np.ndarray):
+    def __init__(self, task: Task, chunks: list):
         self.task = task
         self.chunks = chunks
-        self.short = chunk_costs <= CALLER_CHUNK_COST
         self.front, self.back = 0, len(chunks)
         self.unfinished = len(chunks)
         self.lock = threading.Lock()
@@ -182,18 +182,13 @@ class _Job:
         self.cancel = np.zeros(1, dtype=np.int64)
         self.error: BaseException | None = None
 
-    def _claim(self, caller: bool):
+    def _claim(self):
         with self.lock:
             if self.cancel[0]:
                 self._drop_unclaimed()
                 return None
             if self.front >= self.back:
                 return None
-            if caller and not self.short[self.front]:
-                if not self.short[self.back - 1]:
-                    return None
-                self.back -= 1
-                return self.chunks[self.back]
             self.front += 1
             return self.chunks[self.front - 1]
 
@@ -215,8 +210,8 @@ class _Job:
         while not self.finished.acquire(timeout=0.1):
             pass
 
-    def work(self, caller: bool) -> None:
-        while (chunk := self._claim(caller)) is not None:
+    def work(self) -> None:
+        while (chunk := self._claim()) is not None:
             try:
                 self.task(chunk, self.cancel)
             except BaseException as error:  # kept for the caller, which re-raises it
@@ -279,13 +274,18 @@ def run(task: Task, costs: np.ndarray, together: Callable[[], None] | None = Non
     bounds, chunk_costs = plan_chunks(costs, threads, CHUNK_COST)
     items = np.arange(size, dtype=np.int64)
     chunks = [items[bounds[i]:bounds[i + 1]] for i in range(bounds.shape[0] - 1)]
-    job = _Job(task, chunks, chunk_costs)
-    helpers = min(len(chunks), threads if not job.short.all() else threads - 1)
+    job = _Job(task, chunks)
+    # The calling thread works only when every chunk is short (it must answer Ctrl-C);
+    # otherwise it waits while ``threads`` workers run the chunks: never more than
+    # ``threads`` at once (a caller that also took the short tail chunks made one more).
+    caller_works = bool((chunk_costs <= CALLER_CHUNK_COST).all())
+    helpers = min(len(chunks), threads - 1 if caller_works else threads)
     _start_workers(helpers)
     for _ in range(helpers):
         _jobs.put(job)
     try:
-        job.work(caller=True)
+        if caller_works:
+            job.work()
         job.wait()
     except BaseException:
         job.stop()
