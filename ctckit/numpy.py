@@ -33,7 +33,7 @@ def _losses_and_grad(log_probs, targets, input_lengths, target_lengths, blank, r
         loss = nll if shapes.batched else nll.reshape(())
     else:
         loss = np.asarray(np.dot(weights, nll))
-    loss = loss.astype(out_dtype)
+    loss = _loss_in_dtype(loss, out_dtype)
     if grad is not None:
         grad = _in_dtype(grad if shapes.batched else grad[:, 0, :], out_dtype)
     return loss, grad
@@ -78,6 +78,13 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     return _losses_and_grad(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, True, gradient)
 
 
+def _loss_in_dtype(loss: np.ndarray, dtype) -> np.ndarray:
+    """The float64 ``loss`` in the caller's dtype: a loss past float16's range (65504) is
+    ``inf``, as torch gives it, without NumPy's overflow warning (an error under ``-W error``)."""
+    with np.errstate(over="ignore"):
+        return loss.astype(dtype)
+
+
 def _in_dtype(values: np.ndarray, dtype) -> np.ndarray:
     """``values`` (float32 or float64, C order) as ``dtype``; float16 rounded by the core,
     as NumPy takes 65 ns a value whose half is subnormal (most of a float16 gradient's)."""
@@ -101,7 +108,7 @@ def _from_logits(logits, targets, input_lengths, target_lengths, blank, reductio
     if zero_infinity:
         nll[nll == np.inf] = 0.0
     loss = (nll if shapes.batched else nll.reshape(())) if reduction == "none" else np.asarray(np.dot(weights, nll))
-    return loss.astype(dtype), grad
+    return _loss_in_dtype(loss, dtype), grad
 
 
 def ctc_loss_from_logits(logits, targets, input_lengths, target_lengths, blank=0, reduction="mean", zero_infinity=False,

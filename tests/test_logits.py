@@ -4,6 +4,8 @@ chained through the softmax's Jacobian), float32/float16/bfloat16 accuracy, mask
 infeasible items, the class dimension and strided inputs, the torch operator
 (opcheck, torch.compile, torch.export, autocast) and bad input."""
 
+import warnings
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -904,3 +906,24 @@ def test_loss_alone_an_item_at_a_time_gives_the_bits_of_the_two_passes(kind, bat
             two_passes, _ = _core.negative_log_likelihood_from_logits(values, fmt, batch, blank, False)
         assert alone.tobytes() == two_passes.tobytes()
         assert np.isinf(alone).any() == (blank == 2)  # the edge problem's infeasible item
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_a_float16_loss_past_its_range_is_inf_without_a_warning(from_logits):
+    # An empty target over 20000 frames of 30 equally likely classes: 20000 log 30 = 68024,
+    # past float16's 65504. NumPy's cast warned "overflow encountered in cast", an error
+    # under -W error; torch returns inf silently, and so does ctckit now.
+    frames = 20000
+    values = np.zeros((frames, 1, 30), dtype=np.float16)  # logits, or log-probs of any constant
+    args = (np.zeros((1, 1), dtype=np.int64), [frames], [0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if from_logits:
+            loss = cn.ctc_loss_from_logits(values, *args, reduction="sum")
+            grad_loss, _ = cn.ctc_loss_and_grad_from_logits(values, *args, reduction="sum")
+        else:
+            values = values - np.float16(np.log(30.0))
+            loss = cn.ctc_loss(values, *args, reduction="sum")
+            grad_loss, _ = cn.ctc_loss_and_grad(values, *args, reduction="sum")
+    assert loss.dtype == grad_loss.dtype == np.float16
+    assert loss == grad_loss == np.inf

@@ -97,9 +97,11 @@ def loss_items(items, cancel, item, logits, batch_major, fmt, columns, offsets, 
     row, row32, half = unmanaged(scratch), unmanaged(scratch32)[0], unmanaged(scratch32)[1]
     for i in range(items.shape[0]):
         if is_set(cancel):
-            break
+            return
         n = items[i]
         for t in range(input_lengths[n]):  # the loss reads no frame past the item's length
+            if is_set(cancel):  # an item of many frames and wide rows (an empty target, any T) takes long
+                return
             _gather_row(logits, batch_major, fmt, t, n, True, class_of_column, lse, compact, row, row32, half)
         nll[n], status[n] = call_compiled((0.0, 0), item, (unmanaged(compact), unmanaged(columns), unmanaged(offsets),
                                                            unmanaged(input_lengths), unmanaged(target_lengths), n,
