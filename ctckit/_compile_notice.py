@@ -93,23 +93,40 @@ def cache_folder(dispatcher) -> str:
     cache locators, tried in order): ``NUMBA_CACHE_DIR``, if set, with a subfolder per
     source folder; else ``__pycache__`` next to the source file, if writable; else a
     user-wide cache folder (``~/.cache/numba`` on Linux), with a subfolder per source folder."""
-    path = getattr(getattr(dispatcher, "_cache", None), "cache_path", None)
+    cache = getattr(dispatcher, "_cache", None)
+    path = getattr(cache, "cache_path", None)
     if path:
         return str(path)
+    if type(cache).__name__ == "NullCache":  # made without a cache (see ctckit._core.disk_cache.njit)
+        return ""
     code = getattr(getattr(dispatcher, "py_func", None), "__code__", None)
     if config.CACHE_DIR or code is None:
         return str(config.CACHE_DIR)
     return os.path.join(os.path.dirname(code.co_filename), "__pycache__")
 
 
+NOT_CACHED = ("Numba cannot cache the machine code: no folder it looks in is writable (NUMBA_CACHE_DIR, the "
+              "__pycache__ folders next to ctckit's source files, the user-wide cache), so every process compiles it "
+              "again; set NUMBA_CACHE_DIR to a writable folder.")
+
+
 def where_cached(folder: str) -> str:
     """Where the cache is, in words, for a kernel that Numba caches in ``folder``."""
+    unused = ""
     if config.CACHE_DIR:
-        return f"{config.CACHE_DIR} (NUMBA_CACHE_DIR)"
+        if os.path.abspath(folder).startswith(os.path.abspath(str(config.CACHE_DIR))):
+            return f"{config.CACHE_DIR} (NUMBA_CACHE_DIR)"
+        unused = f"; NUMBA_CACHE_DIR, {config.CACHE_DIR}, is not writable"
     if os.path.basename(folder) == "__pycache__":
-        return (f"the __pycache__ folders next to ctckit's source files (such as {folder}; set NUMBA_CACHE_DIR "
-                f"to use another folder)")
-    return f"{os.path.dirname(folder)} (Numba's user-wide cache: ctckit's own folders are not writable)"
+        return (f"the __pycache__ folders next to ctckit's source files (such as {folder}"
+                f"{unused or '; set NUMBA_CACHE_DIR to use another folder'})")
+    return f"{os.path.dirname(folder)} (Numba's user-wide cache: ctckit's own folders are not writable{unused})"
+
+
+def _cache_sentence(folder: str) -> str:
+    if not folder:
+        return NOT_CACHED
+    return f"Numba caches the machine code in {where_cached(folder)}, and later processes load it from there."
 
 
 def _ours(dispatcher) -> bool:
@@ -122,8 +139,8 @@ def message(dispatcher) -> str:
     name = f"{function.__module__}.{function.__qualname__}" if function is not None else repr(dispatcher)
     return (f"ctckit is compiling {name} for this machine: a first call compiles for 10-20 s on 2 cores, "
             f"each kind of call once (loss or gradient, float32 or float64, short or long targets, decoding). "
-            f"Numba caches the machine code in {where_cached(cache_folder(dispatcher))}, and later processes "
-            f"load it from there. To compile ahead of time (container images, CI): `ctckit warmup`. To silence "
+            f"{_cache_sentence(cache_folder(dispatcher))} To compile ahead of time (container images, CI): "
+            f"`ctckit warmup`. To silence "
             f"this notice: {QUIET_VARIABLE}=1, or warnings.filterwarnings('ignore', category=ctckit.CompileWarning).")
 
 

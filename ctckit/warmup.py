@@ -415,6 +415,12 @@ def run(quiet: bool = False, jobs: int | None = None, with_torch: bool | None = 
     (Numba compiles one kernel at a time in a process); returns how many compiled."""
     import importlib.util
 
+    from . import numpy as _kernels  # noqa: F401  (defines every kernel: which can be cached)
+    from ._compile_notice import NOT_CACHED
+    from ._core.disk_cache import UNCACHED
+
+    if UNCACHED:  # what would be compiled could not be kept: the warmup would be lost
+        raise SystemExit(f"ctckit warmup: {NOT_CACHED}")
     if with_torch is None:
         with_torch = importlib.util.find_spec("torch") is not None
     todo = groups(with_torch)

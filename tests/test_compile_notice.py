@@ -9,6 +9,7 @@ import time
 import types
 import warnings
 
+import numpy as np
 import pytest
 
 NOTICE = "CompileWarning: ctckit is compiling"
@@ -162,3 +163,36 @@ def test_compiling_half_float_logits_batch_first_raises_no_numba_warning(tmp_pat
                             env={**environment, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "CTCKIT_QUIET_COMPILE": "1"})
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
     assert "Warning" not in result.stderr, result.stderr[-3000:]
+
+
+def test_without_a_writable_cache_folder_the_kernels_compile_in_memory_and_say_so(tmp_path):
+    """A read-only installation with a read-only home (no folder Numba looks in is
+    writable) made ``cache=True`` raise at decoration: ``import ctckit.numpy`` failed with
+    "cannot cache function 'each_openmp': no locator available". Numba's locators are
+    emptied here, which is what it finds then."""
+    script = tmp_path / "no_cache.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from numba.core import caching
+        caching.CacheImpl._locator_classes = []  # no folder to cache in
+        import numpy as np
+        import ctckit.numpy as cn
+        import ctckit.warmup
+        from ctckit._core import disk_cache
+        assert len(disk_cache.UNCACHED) > 40, disk_cache.UNCACHED
+        print(repr(float(cn.ctc_loss(np.log(np.full((5, 1, 4), 0.25)), [[1, 2]], [5], [2], reduction="sum"))))
+        print("returned", file=sys.stderr, flush=True)
+        try:
+            ctckit.warmup.run(quiet=True, jobs=1)
+        except SystemExit as stop:
+            print(stop.code, flush=True)
+    """))
+    environment = {key: value for key, value in os.environ.items() if key not in ("CTCKIT_QUIET_COMPILE", "PYTHONWARNINGS")}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loss, refusal = result.stdout.strip().splitlines()
+    # 35 paths of 5 frames collapse to "1 2" (blanks, 1s, blanks, 2s, blanks: C(7, 4)), each 0.25^5
+    expected = -np.log(35 * 0.25 ** 5)
+    assert float(loss) == pytest.approx(expected, rel=1e-12)
+    assert result.stderr.count(NOTICE) == 1 and "Numba cannot cache the machine code" in result.stderr
+    assert refusal.startswith("ctckit warmup: Numba cannot cache the machine code") and "NUMBA_CACHE_DIR" in refusal

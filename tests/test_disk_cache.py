@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import numba
 
@@ -201,3 +202,30 @@ def test_a_save_waits_for_the_lock_then_goes_on_without_it(tmp_path):
         os.close(fd)
     finally:
         holder.kill()
+
+
+def test_a_process_waits_out_a_stuck_lock_once_not_at_every_save(tmp_path, monkeypatch):
+    """A first call saves a dozen kernels: waiting the full patience at each of them behind a
+    stopped holder took minutes (a probe's run was killed after 150 s). After one wait that
+    ran out, later saves try the lock once and go on."""
+    monkeypatch.setattr(disk_cache, "LOCK_PATIENCE_S", 0.5)
+    monkeypatch.setattr(disk_cache, "_patience_spent", [])
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        fd = os.open({str(tmp_path / disk_cache.LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    cache_file = types.SimpleNamespace(_cache_path=str(tmp_path))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        waits = []
+        for _ in range(3):
+            start = time.monotonic()
+            with KeyedCacheFile._index_lock(cache_file):
+                waits.append(time.monotonic() - start)
+        assert waits[0] >= 0.5 and max(waits[1:]) < 0.25, waits
+    finally:
+        holder.kill()
+        holder.wait()

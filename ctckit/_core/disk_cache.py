@@ -44,7 +44,10 @@ LOCK_NAME = "ctckit-cache.lock"
 """The file in a cache folder whose lock orders the index's updates."""
 LOCK_PATIENCE_S = 30.0
 """How long a save waits for the lock (held for milliseconds, unless its holder is stopped,
-as by Ctrl-Z) before it goes on without it: an entry may then be lost, never mixed up."""
+as by Ctrl-Z) before it goes on without it: an entry may then be lost, never mixed up.
+A process waits that long once: after a wait that ran out, its later saves try the lock
+once and go on (a first call saves a dozen kernels: 30 s each would be minutes)."""
+_patience_spent = []  # set once a wait for the lock ran out in this process
 
 
 class KeyedCacheFile(IndexDataCacheFile):
@@ -104,7 +107,8 @@ class KeyedCacheFile(IndexDataCacheFile):
             yield
             return
         try:  # a POSIX record lock: held by this process only, not by a child it forks
-            _lock_or_give_up(fd, LOCK_PATIENCE_S)
+            if not _lock_or_give_up(fd, 0.0 if _patience_spent else LOCK_PATIENCE_S):
+                _patience_spent.append(True)
             yield
         finally:
             os.close(fd)  # releases the lock
@@ -133,8 +137,26 @@ def keyed_cache(dispatcher):
     return dispatcher
 
 
+UNCACHED: list = []
+"""The kernels made without an on-disk cache: no folder that Numba looks in was writable."""
+
+
 def njit(**options):
     """``numba.njit(**options)`` as a decorator, its kernel's cache a :class:`KeyedCacheFile`.
-    Every ctckit kernel is made with it (a test checks)."""
+    Every ctckit kernel is made with it (a test checks). Where Numba finds no folder to
+    cache in (``NUMBA_CACHE_DIR``, the ``__pycache__`` next to the source, the user-wide
+    cache: a read-only installation and home), ``cache=True`` raises at decoration, which
+    would make ``import ctckit.numpy`` fail: the kernel is then made without a cache, and
+    compiles in each process (the compile notice says so)."""
     decorate = numba.njit(**options)
-    return lambda function: keyed_cache(decorate(function))
+
+    def make(function):
+        try:
+            return keyed_cache(decorate(function))
+        except RuntimeError as error:
+            if not options.get("cache") or "cannot cache" not in str(error):
+                raise
+        UNCACHED.append(function.__qualname__)
+        return numba.njit(**{**options, "cache": False})(function)
+
+    return make
